@@ -1,0 +1,18 @@
+"""openai-django: the OpenAI API behind a Django site's own walls.
+
+The public Python API (``create``, ``submit``) lives in :mod:`openai_django.api` and is
+imported lazily here so that ``import openai_django`` never touches Django settings or models
+before the app registry is ready.
+"""
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__", "create", "submit"]
+
+
+def __getattr__(name):
+    if name in ("create", "submit"):
+        from openai_django import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'openai_django' has no attribute {name!r}")

@@ -1,0 +1,145 @@
+"""The ``OPENAI_DJANGO`` settings namespace.
+
+Every setting the app reads goes through :data:`app_settings`, which looks the value up in
+``settings.OPENAI_DJANGO`` on each access (cached until ``setting_changed`` fires), so
+``override_settings`` works in tests and nothing is read at import time.
+"""
+
+from django.core.exceptions import ImproperlyConfigured
+from django.core.signals import setting_changed
+
+MB = 1024 * 1024
+
+DEFAULTS = {
+    # The upstream OpenAI-compatible API. The key is sent upstream only; it is never recorded.
+    "BASE_URL": "https://api.openai.com/v1",
+    "API_KEY": None,
+    # Sent upstream when the client sends no OpenAI-Organization header of its own.
+    "ORGANIZATION": None,
+    # Seconds. ``READ_TIMEOUT`` bounds the wait for the first byte and between stream events.
+    "CONNECT_TIMEOUT": 10.0,
+    "READ_TIMEOUT": 600.0,
+    # Size of the pooled keep-alive connection pool to the upstream (per process).
+    "POOL_SIZE": 64,
+    # Request headers forwarded upstream as sent by the client (lower-case names).
+    "FORWARD_HEADERS": ["openai-organization", "openai-beta", "openai-project", "user-agent"],
+    # Upstream response headers kept in the record and passed back to the client.
+    "RECORD_RESPONSE_HEADERS": [
+        "x-request-id",
+        "openai-processing-ms",
+        "openai-model",
+        "openai-organization",
+        "openai-version",
+        "retry-after",
+        "x-ratelimit-limit-requests",
+        "x-ratelimit-limit-tokens",
+        "x-ratelimit-remaining-requests",
+        "x-ratelimit-remaining-tokens",
+        "x-ratelimit-reset-requests",
+        "x-ratelimit-reset-tokens",
+    ],
+    # Validation of request bodies against the bundled spec: "strict" (the spec, widened by
+    # the values today's SDKs send, see spec.py) or "off".
+    "VALIDATION": "strict",
+    # Size limits, in bytes (OpenAI's own limits as defaults).
+    "MAX_JSON_BYTES": 32 * MB,
+    "MAX_IMAGE_BYTES": 4 * MB,
+    "MAX_AUDIO_BYTES": 25 * MB,
+    "MAX_FILE_BYTES": 512 * MB,
+    # Where artifacts go: an alias of ``settings.STORAGES``.
+    "STORAGE": "default",
+    "ARTIFACT_PREFIX": "openai_django",
+    # Generated images answered as URLs are fetched at once, before they expire.
+    "FETCH_IMAGE_URLS": True,
+    "IMAGE_URL_HOSTS": ["*.blob.core.windows.net", "*.openai.com", "*.oaiusercontent.com"],
+    "IMAGE_URL_SCHEMES": ["https"],
+    # Only for tests and closed networks: allow fetching from private/loopback addresses.
+    "IMAGE_URL_ALLOW_PRIVATE": False,
+    # ``True``, ``False`` or a CA bundle path, as for ``requests``' ``verify``.
+    "IMAGE_URL_VERIFY": True,
+    "IMAGE_URL_TIMEOUT": 30.0,
+    "IMAGE_URL_MAX_BYTES": 20 * MB,
+    # What to record. Operations listed in METADATA_ONLY_OPERATIONS keep no bodies/artifacts.
+    "RECORD_BODIES": True,
+    "RECORD_STREAM_EVENTS": True,
+    "METADATA_ONLY_OPERATIONS": [],
+    # A dotted path to ``redact(data, *, call, field) -> data``, applied before anything is
+    # stored; "openai_django.redaction.redact_pii" is the built-in one.
+    "REDACT": None,
+    # Retention, in days; ``None`` keeps forever. Metadata may outlive bodies and artifacts.
+    "RETENTION": {"bodies": None, "artifacts": None, "metadata": None},
+    # Background calls (Celery).
+    "TASK_QUEUE": None,
+    "MAX_ATTEMPTS": 5,
+    "RETRY_BACKOFF": 1.0,
+    "RETRY_BACKOFF_MAX": 60.0,
+    "RETRY_JITTER": True,
+    "STALE_RUNNING_AFTER": 900,
+    # Cap on concurrent upstream calls made by tasks: {"*": N, "model-name": M}; empty = none.
+    "CONCURRENCY": {},
+    "CONCURRENCY_BACKEND": None,
+    # Prices in USD per 1,000 tokens (input, output) or per image / per audio minute.
+    "PRICES": None,
+    # How many recent calls the REST log returns at most per page.
+    "LOG_PAGE_MAX": 100,
+}
+
+# Settings that name a dotted path to import.
+IMPORT_STRINGS = {"REDACT"}
+
+
+class AppSettings:
+    """Lazy view over ``settings.OPENAI_DJANGO`` with :data:`DEFAULTS` beneath it."""
+
+    def __init__(self, defaults):
+        self._defaults = defaults
+        self._cache = {}
+
+    @property
+    def user_settings(self):
+        from django.conf import settings
+
+        value = getattr(settings, "OPENAI_DJANGO", None) or {}
+        if not isinstance(value, dict):
+            raise ImproperlyConfigured("settings.OPENAI_DJANGO must be a dict.")
+        return value
+
+    def __getattr__(self, name):
+        if name.startswith("_") or name not in self._defaults:
+            raise AttributeError(f"Unknown openai_django setting: {name!r}")
+        try:
+            return self._cache[name]
+        except KeyError:
+            pass
+        value = self.user_settings.get(name, self._defaults[name])
+        if name in IMPORT_STRINGS and isinstance(value, str):
+            from django.utils.module_loading import import_string
+
+            try:
+                value = import_string(value)
+            except ImportError as exc:
+                raise ImproperlyConfigured(
+                    f"settings.OPENAI_DJANGO[{name!r}] = {value!r} could not be imported: {exc}"
+                ) from exc
+        self._cache[name] = value
+        return value
+
+    def unknown_keys(self):
+        return sorted(set(self.user_settings) - set(self._defaults))
+
+    def reload(self):
+        self._cache.clear()
+
+
+app_settings = AppSettings(DEFAULTS)
+
+
+def _reload(*, setting, **kwargs):
+    if setting == "OPENAI_DJANGO":
+        app_settings.reload()
+        from openai_django import upstream
+
+        upstream.reset_client()
+
+
+setting_changed.connect(_reload)

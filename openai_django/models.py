@@ -1,0 +1,373 @@
+"""The permanent record: client keys, calls and their binary artifacts."""
+
+import hashlib
+import os
+import secrets
+import time
+import uuid
+
+from django.conf import settings
+from django.contrib.contenttypes.fields import GenericForeignKey
+from django.contrib.contenttypes.models import ContentType
+from django.db import models
+from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
+
+KEY_PREFIX = "sk-od-"
+
+
+def uuid7():
+    """A time-ordered UUID (RFC 9562 version 7): ids sort by creation, which keeps the primary
+    key index append-only and lets ``/v1/calls`` page with an ``after`` cursor on the key."""
+    ms = time.time_ns() // 1_000_000
+    rand = int.from_bytes(os.urandom(10), "big")
+    value = (ms & 0xFFFF_FFFF_FFFF) << 80
+    value |= 0x7 << 76
+    value |= (rand >> 68 & 0x0FFF) << 64
+    value |= 0b10 << 62
+    value |= rand & 0x3FFF_FFFF_FFFF_FFFF
+    return uuid.UUID(int=value)
+
+
+def hash_key(raw):
+    # Keys are 256-bit random secrets, so a plain SHA-256 is enough (no dictionary to defend
+    # against) and keeps the per-request lookup to one indexed equality query.
+    return hashlib.sha256(raw.encode()).hexdigest()
+
+
+class APIKeyQuerySet(models.QuerySet):
+    def active(self):
+        now = timezone.now()
+        return self.filter(revoked_at__isnull=True).filter(
+            models.Q(expires_at__isnull=True) | models.Q(expires_at__gt=now)
+        )
+
+
+class APIKey(models.Model):
+    """A key the site issued to one of its users. Only a hash of the secret is stored."""
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.CASCADE,
+        related_name="openai_api_keys",
+        verbose_name=_("user"),
+        help_text=_("The site user whose calls this key makes."),
+    )
+    name = models.CharField(_("name"), max_length=100, blank=True,
+                            help_text=_("A label to tell keys apart, e.g. 'staging script'."))
+    prefix = models.CharField(
+        _("prefix"), max_length=16, editable=False,
+        help_text=_("The first characters of the key, shown to recognise it."),
+    )
+    last4 = models.CharField(_("last four"), max_length=4, editable=False)
+    hashed_key = models.CharField(_("hashed key"), max_length=64, unique=True, editable=False)
+    created = models.DateTimeField(_("created"), default=timezone.now, editable=False)
+    last_used_at = models.DateTimeField(_("last used"), null=True, blank=True, editable=False)
+    expires_at = models.DateTimeField(_("expires"), null=True, blank=True)
+    revoked_at = models.DateTimeField(_("revoked"), null=True, blank=True)
+    metadata_only = models.BooleanField(
+        _("metadata only"), default=False,
+        help_text=_("Record only metadata for this key's calls: no bodies, no artifacts."),
+    )
+
+    objects = APIKeyQuerySet.as_manager()
+
+    class Meta:
+        verbose_name = _("API key")
+        verbose_name_plural = _("API keys")
+        ordering = ["-created"]
+
+    def __str__(self):
+        label = self.masked
+        return f"{self.name} ({label})" if self.name else label
+
+    @property
+    def masked(self):
+        return f"{self.prefix}…{self.last4}"
+
+    @property
+    def is_active(self):
+        if self.revoked_at is not None:
+            return False
+        return self.expires_at is None or self.expires_at > timezone.now()
+
+    @classmethod
+    def generate(cls, user, name="", **fields):
+        """Create a key; returns ``(api_key, raw_secret)``. The secret is not kept."""
+        raw = KEY_PREFIX + secrets.token_urlsafe(32)
+        key = cls.objects.create(
+            user=user, name=name, prefix=raw[: len(KEY_PREFIX) + 4], last4=raw[-4:],
+            hashed_key=hash_key(raw), **fields,
+        )
+        return key, raw
+
+    def revoke(self):
+        self.revoked_at = timezone.now()
+        self.save(update_fields=["revoked_at"])
+
+
+class CallQuerySet(models.QuerySet):
+    def for_user(self, user):
+        return self.filter(user=user)
+
+    def finished(self):
+        return self.filter(status__in=Call.Status.finished())
+
+    def failed(self):
+        return self.filter(status=Call.Status.FAILED)
+
+    def replays(self):
+        return self.filter(replay_of__isnull=False)
+
+    def for_object(self, obj):
+        """Every call attached to one of the site's own objects (``target=`` in the API)."""
+        return self.filter(
+            target_type=ContentType.objects.get_for_model(obj), target_id=str(obj.pk)
+        )
+
+
+class Call(models.Model):
+    """One call to the API, written before the upstream is asked and finished in every outcome."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", _("queued")
+        RUNNING = "running", _("running")
+        SUCCEEDED = "succeeded", _("succeeded")
+        FAILED = "failed", _("failed")
+        CANCELLED = "cancelled", _("cancelled")
+
+        @classmethod
+        def finished(cls):
+            return [cls.SUCCEEDED, cls.FAILED, cls.CANCELLED]
+
+    class Outcome(models.TextChoices):
+        OK = "ok", _("answered")
+        UPSTREAM_ERROR = "upstream_error", _("upstream answered an error")
+        UNREACHABLE = "unreachable", _("upstream unreachable")
+        TIMEOUT = "timeout", _("upstream timed out")
+        BAD_RESPONSE = "bad_response", _("upstream response unreadable")
+        STREAM_INCOMPLETE = "stream_incomplete", _("stream ended without [DONE]")
+        STREAM_BROKEN = "stream_broken", _("stream broken off")
+        CLIENT_DISCONNECTED = "client_disconnected", _("client hung up")
+        CANCELLED = "cancelled", _("cancelled")
+        LOST = "lost", _("outcome unknown (worker lost)")
+        GAVE_UP = "gave_up", _("gave up after retries")
+        REJECTED = "rejected", _("rejected by the gateway (invalid request)")
+        ERROR = "error", _("gateway error")
+
+    class Mode(models.TextChoices):
+        SYNC = "sync", _("sync")
+        STREAM = "stream", _("stream")
+        ASYNC = "async", _("background")
+
+    class Source(models.TextChoices):
+        HTTP = "http", _("HTTP")
+        PYTHON = "python", _("Python API")
+        REPLAY = "replay", _("replay")
+
+    id = models.UUIDField(primary_key=True, default=uuid7, editable=False)
+    created = models.DateTimeField(_("created"), default=timezone.now, db_index=True)
+    started_at = models.DateTimeField(_("started"), null=True, blank=True)
+    finished_at = models.DateTimeField(_("finished"), null=True, blank=True)
+
+    operation = models.CharField(_("operation"), max_length=64,
+                                 help_text=_("The spec's operationId, e.g. createChatCompletion."))
+    method = models.CharField(_("method"), max_length=8)
+    path = models.CharField(_("path"), max_length=512, help_text=_("The upstream path."))
+    query = models.CharField(_("query string"), max_length=2048, blank=True)
+    model = models.CharField(_("model"), max_length=200, blank=True)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+        related_name="openai_calls", verbose_name=_("user"),
+    )
+    api_key = models.ForeignKey(
+        APIKey, null=True, blank=True, on_delete=models.SET_NULL, related_name="calls",
+        verbose_name=_("API key"),
+    )
+    status = models.CharField(_("status"), max_length=16, choices=Status.choices,
+                              default=Status.RUNNING)
+    outcome = models.CharField(_("outcome"), max_length=32, choices=Outcome.choices,
+                               blank=True, help_text=_("How the call ended, in detail."))
+    mode = models.CharField(_("mode"), max_length=8, choices=Mode.choices, default=Mode.SYNC)
+    source = models.CharField(_("source"), max_length=8, choices=Source.choices,
+                              default=Source.HTTP)
+    stream = models.BooleanField(_("stream"), default=False)
+
+    request_headers = models.JSONField(
+        _("request headers"), default=dict, blank=True,
+        help_text=_("Selected request headers; never Authorization."),
+    )
+    payload = models.BinaryField(
+        _("pending payload"), null=True, blank=True, editable=False,
+        help_text=_("The request exactly as it is to be sent, kept only until a background call "
+                    "has been performed (what is recorded may be redacted; this is not)."),
+    )
+    request_body = models.JSONField(
+        _("request body"), null=True, blank=True,
+        help_text=_("The JSON body, or the form fields of a multipart body (files are artifacts)."),
+    )
+    prompt_preview = models.CharField(
+        _("prompt"), max_length=300, blank=True,
+        help_text=_("The start of the prompt or last user message, for search."),
+    )
+    response_status = models.PositiveSmallIntegerField(_("HTTP status"), null=True, blank=True)
+    response_headers = models.JSONField(_("response headers"), default=dict, blank=True)
+    response_content_type = models.CharField(_("response content type"), max_length=100,
+                                             blank=True)
+    response_body = models.JSONField(_("response body"), null=True, blank=True)
+    response_text = models.TextField(
+        _("response text"), blank=True,
+        help_text=_("A response that is text but not JSON (srt, vtt, text transcripts)."),
+    )
+    stream_events = models.JSONField(_("stream events"), null=True, blank=True)
+    output_text = models.TextField(
+        _("output text"), blank=True,
+        help_text=_("The generated text (assembled from a stream, or the first choice)."),
+    )
+    upstream_request_id = models.CharField(_("upstream request id"), max_length=100, blank=True)
+    error = models.JSONField(_("error"), null=True, blank=True)
+
+    prompt_tokens = models.PositiveIntegerField(_("prompt tokens"), null=True, blank=True)
+    completion_tokens = models.PositiveIntegerField(_("completion tokens"), null=True, blank=True)
+    total_tokens = models.PositiveIntegerField(_("total tokens"), null=True, blank=True)
+    cost_usd = models.DecimalField(_("estimated cost (USD)"), max_digits=14, decimal_places=6,
+                                   null=True, blank=True)
+    latency_ms = models.FloatField(_("latency (ms)"), null=True, blank=True,
+                                   help_text=_("From the request reaching the gateway to its end."))
+    upstream_latency_ms = models.FloatField(_("upstream latency (ms)"), null=True, blank=True,
+                                            help_text=_("Time spent waiting on the upstream."))
+    first_byte_ms = models.FloatField(_("time to first byte (ms)"), null=True, blank=True)
+
+    replay_of = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="replays",
+        verbose_name=_("replay of"),
+    )
+    attempts = models.JSONField(_("attempts"), default=list, blank=True,
+                                help_text=_("One entry per attempt at the upstream."))
+    attempt_count = models.PositiveSmallIntegerField(_("attempts"), default=0)
+    idempotency_key = models.CharField(_("idempotency key"), max_length=255, blank=True)
+    request_hash = models.CharField(_("request hash"), max_length=64, blank=True)
+    task_id = models.CharField(_("task id"), max_length=64, blank=True)
+    callback = models.CharField(_("callback task"), max_length=200, blank=True)
+
+    target_type = models.ForeignKey(
+        ContentType, null=True, blank=True, on_delete=models.CASCADE,
+        verbose_name=_("attached to (type)"),
+    )
+    target_id = models.CharField(_("attached to (id)"), max_length=64, blank=True)
+    target = GenericForeignKey("target_type", "target_id")
+
+    metadata_only = models.BooleanField(_("metadata only"), default=False,
+                                        help_text=_("No bodies or artifacts were recorded."))
+    redacted = models.BooleanField(_("redacted"), default=False,
+                                   help_text=_("The redact hook changed what was stored."))
+    body_purged_at = models.DateTimeField(_("bodies purged"), null=True, blank=True)
+
+    objects = CallQuerySet.as_manager()
+
+    class Meta:
+        verbose_name = _("call")
+        verbose_name_plural = _("calls")
+        ordering = ["-created"]
+        permissions = [("replay_call", _("Can replay calls"))]
+        indexes = [
+            models.Index(fields=["user", "-created"], name="od_call_user_created"),
+            models.Index(fields=["api_key", "-created"], name="od_call_key_created"),
+            models.Index(fields=["operation", "-created"], name="od_call_op_created"),
+            models.Index(fields=["model", "-created"], name="od_call_model_created"),
+            models.Index(fields=["status", "-created"], name="od_call_status_created"),
+            models.Index(fields=["upstream_request_id"], name="od_call_upstream_rid"),
+            models.Index(fields=["replay_of"], name="od_call_replay_of"),
+            models.Index(fields=["target_type", "target_id"], name="od_call_target"),
+        ]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["user", "idempotency_key"],
+                condition=~models.Q(idempotency_key=""),
+                name="od_call_idempotency_unique",
+            ),
+        ]
+
+    def __str__(self):
+        return f"{self.operation} {self.id}"
+
+    @property
+    def public_id(self):
+        return str(self.id)
+
+    @property
+    def is_finished(self):
+        return self.status in Call.Status.finished()
+
+    @property
+    def operation_spec(self):
+        from openai_django.spec import get_registry
+
+        return get_registry().operations.get(self.operation)
+
+
+def artifact_upload_to(instance, filename):
+    # Never collide, never overwrite: the call id and the artifact's own id are in the name.
+    from openai_django.conf import app_settings
+
+    day = (instance.created or timezone.now()).strftime("%Y/%m/%d")
+    safe = os.path.basename(filename) or "artifact"
+    return f"{app_settings.ARTIFACT_PREFIX}/{day}/{instance.call_id}/{instance.id.hex}-{safe}"
+
+
+def artifact_storage():
+    from django.core.files.storage import storages
+
+    from openai_django.conf import app_settings
+
+    return storages[app_settings.STORAGE]
+
+
+class Artifact(models.Model):
+    """A binary part of a call, kept through Django's storage API."""
+
+    class Role(models.TextChoices):
+        UPLOAD = "upload", _("uploaded file")
+        IMAGE = "image", _("input image")
+        MASK = "mask", _("mask")
+        AUDIO = "audio", _("audio")
+        GENERATED_IMAGE = "generated_image", _("generated image")
+        FILE_CONTENT = "file_content", _("downloaded file content")
+        TRANSCRIPT = "transcript", _("transcript")
+        RESPONSE = "response", _("response body")
+
+    INPUT_ROLES = (Role.UPLOAD, Role.IMAGE, Role.MASK, Role.AUDIO)
+
+    id = models.UUIDField(primary_key=True, default=uuid7, editable=False)
+    call = models.ForeignKey(Call, on_delete=models.CASCADE, related_name="artifacts",
+                             verbose_name=_("call"))
+    role = models.CharField(_("role"), max_length=20, choices=Role.choices)
+    field = models.CharField(_("form field"), max_length=64, blank=True,
+                             help_text=_("The multipart field it came in, e.g. image or mask."))
+    index = models.PositiveSmallIntegerField(_("index"), default=0,
+                                             help_text=_("Position among outputs, e.g. image n."))
+    name = models.CharField(_("file name"), max_length=255, blank=True)
+    file = models.FileField(_("file"), upload_to=artifact_upload_to, storage=artifact_storage,
+                            max_length=500, blank=True)
+    content_type = models.CharField(_("content type"), max_length=100, blank=True)
+    bytes = models.BigIntegerField(_("size (bytes)"), default=0)
+    sha256 = models.CharField(_("SHA-256"), max_length=64, blank=True)
+    source_url = models.URLField(_("source URL"), max_length=2000, blank=True,
+                                 help_text=_("Where a generated image was fetched from."))
+    error = models.TextField(_("error"), blank=True,
+                             help_text=_("Why the content could not be kept, if it could not."))
+    created = models.DateTimeField(_("created"), default=timezone.now)
+    purged_at = models.DateTimeField(_("purged"), null=True, blank=True)
+
+    class Meta:
+        verbose_name = _("artifact")
+        verbose_name_plural = _("artifacts")
+        ordering = ["call", "role", "index"]
+        indexes = [models.Index(fields=["created"], name="od_artifact_created")]
+
+    def __str__(self):
+        return f"{self.get_role_display()} {self.name or self.id}"
+
+    @property
+    def is_input(self):
+        return self.role in self.INPUT_ROLES

@@ -1,0 +1,45 @@
+"""The gateway's URLs: every path of the spec under ``v1/``, built from the registry.
+
+Include them with ``path("", include("openai_django.urls"))`` (or under a prefix of the site's
+choosing: clients then use ``https://site/<prefix>/v1`` as their base URL).
+"""
+
+from django.db import transaction
+from django.urls import path, re_path
+
+from openai_django import views
+from openai_django.spec import get_registry
+
+app_name = "openai_django"
+
+
+def _view(view_class, **initkwargs):
+    # The record must be committed before the upstream is asked and survive a failure, so the
+    # gateway's views never run inside ATOMIC_REQUESTS' per-request transaction.
+    return transaction.non_atomic_requests(view_class.as_view(**initkwargs))
+
+
+def _operation_patterns():
+    patterns = []
+    for spec_path, operations in get_registry().by_path().items():
+        view = _view(views.OperationView, operations=operations)
+        route = "v1/" + next(iter(operations.values())).route
+        # One pattern per operation, all to the same view, so reverse() works by operationId;
+        # the first one resolves every method of the path.
+        for operation in operations.values():
+            patterns.append(path(route, view, name=operation.id))
+    return patterns
+
+
+urlpatterns = [
+    path("v1/openapi.yaml", _view(views.SpecView), name="spec"),
+    path("v1/calls", _view(views.CallListView), name="call-list"),
+    path("v1/calls/<str:call_id>", _view(views.CallDetailView), name="call-detail"),
+    path("v1/calls/<str:call_id>/response", _view(views.CallResponseView),
+         name="call-response"),
+    path("v1/calls/<str:call_id>/cancel", _view(views.CallCancelView), name="call-cancel"),
+    path("v1/calls/<str:call_id>/artifacts/<str:artifact_id>", _view(views.ArtifactContentView),
+         name="call-artifact"),
+    *_operation_patterns(),
+    re_path(r"^v1/", _view(views.UnknownPathView), name="unknown"),
+]
