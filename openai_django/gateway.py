@@ -270,3 +270,60 @@ class StreamRelay:
             raw.close()
             raw.release_conn()
             self._finish(Call.Outcome.CLIENT_DISCONNECTED)
+
+
+def invocation_from_call(call, *, overrides=None, mode=None, source=None, replay_of=None,
+                         user=None, api_key=None):
+    """Rebuild the invocation a recorded call made, to perform it (a queued background call)
+    or to replay it (``replay_of`` set), with ``overrides`` merged into the body.
+
+    A queued call is rebuilt from its pending payload (exactly what the client sent, never the
+    redacted copy); a replay from the recorded request and its input artifacts, re-attached
+    from storage.
+    """
+    from openai_django.models import Artifact
+    from openai_django.spec import get_registry
+
+    operation = get_registry()[call.operation]
+    path_kwargs = _path_kwargs(operation, call.path)
+    raw_body = None
+    if call.payload is not None and replay_of is None:
+        payload = bytes(call.payload)
+        body = orjson.loads(payload) if payload else None
+        if operation.is_json or not operation.is_multipart:
+            raw_body = payload or None
+    else:
+        body = call.request_body
+        if body is None and (operation.is_json or operation.is_multipart):
+            raise ValueError(f"Call {call.pk} has no recorded request body to send again.")
+    if overrides:
+        body = {**(body or {}), **overrides}
+        raw_body = None
+    files = [
+        UploadedInput(field=a.field, name=a.name, content_type=a.content_type, index=a.index,
+                      file=a.file)
+        for a in call.artifacts.filter(role__in=Artifact.INPUT_ROLES).order_by("field", "index")
+        if a.file and not a.purged_at
+    ]
+    if operation.file_fields and not files and operation.is_multipart:
+        raise ValueError(f"Call {call.pk} has no stored input files to send again.")
+    return Invocation(
+        operation=operation, path_kwargs=path_kwargs, query=call.query, body=body,
+        raw_body=raw_body, files=files,
+        headers={k: v for k, v in (call.request_headers or {}).items() if k != "authorization"},
+        user=user if user is not None else call.user,
+        api_key=api_key if api_key is not None else call.api_key,
+        mode=mode or call.mode, source=source or call.source,
+        replay_of_id=replay_of.pk if replay_of is not None else call.replay_of_id,
+        target=call.target if call.target_type_id else None, callback=call.callback,
+    )
+
+
+def _path_kwargs(operation, path):
+    """Read the path parameters back out of a recorded upstream path."""
+    import re
+    from urllib.parse import unquote
+
+    pattern = "^" + re.sub(r"\\{([^}]+)\\}", r"(?P<\1>[^/]+)", re.escape(operation.path)) + "$"
+    match = re.match(pattern, path)
+    return {k: unquote(v) for k, v in match.groupdict().items()} if match else {}

@@ -116,6 +116,11 @@ if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
         "NAME": os.environ.get("DJANGO_TEST_SQLITE")
         or f"/tmp/openai-django-test-{os.getpid()}.sqlite3",
     }
+else:
+    DATABASES["default"]["TEST"] = {
+        "NAME": os.environ.get("DJANGO_TEST_DBNAME")
+        or f"test_{DATABASES['default']['NAME']}_{os.getpid()}",
+    }
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 

@@ -10,9 +10,11 @@ clients, and newer clients send fields this spec version does not know.
 from __future__ import annotations
 
 import base64
+import json
 import re
 import time
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Optional
+from urllib.parse import parse_qsl
 
 from . import fakes
 from .http11 import Response, dumps, loads
@@ -111,7 +113,6 @@ def form_data(req: "Request") -> tuple[dict[str, str], list[UploadedFile]]:
 def query_params(req: "Request") -> dict[str, str]:
     cache = req.cache
     if "query" not in cache:
-        from urllib.parse import parse_qsl
         cache["query"] = dict(parse_qsl(req.query_string, keep_blank_values=True))
     return cache["query"]
 
@@ -414,9 +415,8 @@ class Operations:
             return None
         fn = next((f for f in offered if f.get("name") == forced), offered[0])
         name = str(fn.get("name") or "get_weather")
-        arguments = dumps(_tool_arguments(fn.get("parameters"), last_user)).decode()
-        # orjson is compact; spaces give the stream splitter word boundaries.
-        arguments = arguments.replace('","', '", "').replace('":', '": ')
+        # The stdlib's spaced separators give the stream splitter word boundaries.
+        arguments = json.dumps(_tool_arguments(fn.get("parameters"), last_user))
         return name, arguments, legacy
 
     def _chat_stream(self, req: "Request", body: dict, cid: str, created: int, model: str,
