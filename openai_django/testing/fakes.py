@@ -17,8 +17,9 @@ import struct
 import sys
 import zlib
 from array import array
+from collections.abc import Iterable
 from functools import lru_cache
-from typing import Any, Iterable
+from typing import Any
 
 WORDS = (
     "amber", "anchor", "arrow", "aspen", "basil", "beacon", "birch", "breeze", "brook",
@@ -39,6 +40,8 @@ def digest(*parts: Any) -> bytes:
             h.update(part)
         elif isinstance(part, str):
             h.update(part.encode("utf-8", "surrogatepass"))
+        elif isinstance(part, int):
+            h.update(str(part).encode())
         else:
             h.update(json.dumps(part, sort_keys=True, default=str).encode())
         h.update(b"\x1f")
@@ -210,7 +213,7 @@ def audio_duration(size: int) -> float:
 
 
 def _timestamp(seconds: float, sep: str) -> str:
-    ms = int(round(seconds * 1000))
+    ms = round(seconds * 1000)
     h, rem = divmod(ms, 3_600_000)
     m, rem = divmod(rem, 60_000)
     s, ms = divmod(rem, 1000)

@@ -23,9 +23,10 @@ import logging
 import socket
 import struct
 import time
+from collections.abc import Awaitable, Callable
 from email.utils import formatdate
 from http import HTTPStatus
-from typing import Any, Awaitable, Callable, Optional, Union
+from typing import Any
 
 log = logging.getLogger("openai_django.testing.http")
 
@@ -108,8 +109,19 @@ class ProtocolError(Exception):
 class Request:
     """One parsed request.  ``headers`` keys are lower-case; ``body`` is the full body."""
 
-    __slots__ = ("method", "target", "path", "query_string", "version", "headers", "body",
-                 "keep_alive", "received_at", "scheme", "cache")
+    __slots__ = (
+        "body",
+        "cache",
+        "headers",
+        "keep_alive",
+        "method",
+        "path",
+        "query_string",
+        "received_at",
+        "scheme",
+        "target",
+        "version",
+    )
 
     def __init__(self, method: str, target: str, version: str, headers: dict[str, str],
                  scheme: str) -> None:
@@ -135,19 +147,18 @@ class Request:
 class Response:
     """A complete (non-streaming) response; the protocol adds length, date and connection."""
 
-    __slots__ = ("status", "body", "content_type", "headers")
+    __slots__ = ("body", "content_type", "headers", "status")
 
     def __init__(self, status: int = 200, body: bytes = b"",
                  content_type: str = "application/json",
-                 headers: Optional[list[tuple[str, str]]] = None) -> None:
+                 headers: list[tuple[str, str]] | None = None) -> None:
         self.status = status
         self.body = body
         self.content_type = content_type
         self.headers = headers if headers is not None else []
 
 
-AsyncHandler = Callable[["HTTPProtocol"], Awaitable[Optional[Response]]]
-HandlerResult = Union[Response, AsyncHandler]
+AsyncHandler = Callable[["HTTPProtocol"], Awaitable[Response | None]]
 
 
 def _sanitize(value: str) -> str:
@@ -165,23 +176,23 @@ class HTTPProtocol(asyncio.Protocol):
         self.loop = loop
         self.scheme = scheme
         self.max_body = max_body
-        self.transport: Optional[asyncio.Transport] = None
+        self.transport: asyncio.Transport | None = None
         self.buf = bytearray()
         self.closed = False  # the transport is gone (or going): never write again
         self.busy = False  # an async handler owns the connection
-        self.task: Optional[asyncio.Task] = None
+        self.task: asyncio.Task | None = None
         self.write_paused = False
-        self._drain_waiter: Optional[asyncio.Future] = None
+        self._drain_waiter: asyncio.Future | None = None
         self._reading_paused = False
         # Request currently being received (head parsed, body incomplete).
-        self._req: Optional[Request] = None
+        self._req: Request | None = None
         self._body_mode = 0  # 0 none, 1 content-length, 2 chunked
         self._body_left = 0
         self._chunk_state = 0  # 0 size line, 1 data, 2 CRLF after data, 3 trailers
         self._chunk_body = bytearray()
         self._head_scan = 0
         # Set for the request an async handler is serving.
-        self.current: Optional[Request] = None
+        self.current: Request | None = None
         self.stream_started = False
         self._stream_chunked = True
 
@@ -190,7 +201,7 @@ class HTTPProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
-    def connection_lost(self, exc: Optional[BaseException]) -> None:
+    def connection_lost(self, exc: BaseException | None) -> None:
         self.closed = True
         waiter = self._drain_waiter
         if waiter is not None and not waiter.done():
@@ -243,7 +254,7 @@ class HTTPProtocol(asyncio.Protocol):
         except ProtocolError as exc:
             self._fail(exc.status, exc.message)
 
-    def _parse_head(self) -> Optional[Request]:
+    def _parse_head(self) -> Request | None:
         buf = self.buf
         # Tolerate stray CRLFs between pipelined requests (RFC 9112 section 2.2).
         while buf[:2] == b"\r\n":
@@ -304,7 +315,7 @@ class HTTPProtocol(asyncio.Protocol):
         self._req = req
         return req
 
-    def _parse_chunked(self) -> Optional[bytes]:
+    def _parse_chunked(self) -> bytes | None:
         buf = self.buf
         while True:
             state = self._chunk_state
@@ -415,7 +426,7 @@ class HTTPProtocol(asyncio.Protocol):
     # -- writing (the connection API used by handlers) --------------------------------------
 
     def _head(self, status: int, content_type: str, headers: list[tuple[str, str]],
-              length: Optional[int], keep_alive: bool, version: str) -> bytes:
+              length: int | None, keep_alive: bool, version: str) -> bytes:
         parts = [_status(status)]
         if content_type:
             parts.append(f"content-type: {content_type}\r\n")
@@ -492,7 +503,7 @@ class HTTPProtocol(asyncio.Protocol):
             self.transport.write(data)
 
     def head_bytes(self, status: int, content_type: str, headers: list[tuple[str, str]],
-                   length: Optional[int]) -> bytes:
+                   length: int | None) -> bytes:
         """A response head for the current request, for handlers that write raw bytes."""
         req = self.current
         return self._head(status, content_type, headers, length,

@@ -8,7 +8,6 @@ few milliseconds and one copy, and the bytes come back exactly as sent.
 from __future__ import annotations
 
 import hashlib
-from typing import Optional
 from urllib.parse import unquote
 
 
@@ -19,14 +18,14 @@ class MultipartError(ValueError):
 class UploadedFile:
     """One file part.  ``sha256`` is computed once, on first use."""
 
-    __slots__ = ("field", "filename", "content_type", "data", "_sha256")
+    __slots__ = ("_sha256", "content_type", "data", "field", "filename")
 
     def __init__(self, field: str, filename: str, content_type: str, data: bytes) -> None:
         self.field = field
         self.filename = filename
         self.content_type = content_type
         self.data = data
-        self._sha256: Optional[str] = None
+        self._sha256: str | None = None
 
     @property
     def size(self) -> int:

@@ -13,7 +13,8 @@ import base64
 import json
 import re
 import time
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Optional
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
 from . import fakes
@@ -32,7 +33,7 @@ class ApiError(Exception):
     """Answered as ``{"error": {...}}`` with ``status``."""
 
     def __init__(self, status: int, message: str, type_: str = "invalid_request_error",
-                 param: Optional[str] = None, code: Optional[str] = None) -> None:
+                 param: str | None = None, code: str | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
@@ -48,9 +49,9 @@ class StreamPlan:
     ``events`` may be a lazy iterator: fine-tune event streams advance the job as they go.
     """
 
-    __slots__ = ("events", "model", "ttft", "gap", "done_marker")
+    __slots__ = ("done_marker", "events", "gap", "model", "ttft")
 
-    def __init__(self, events: Iterable[bytes], model: Optional[str], ttft: float, gap: float,
+    def __init__(self, events: Iterable[bytes], model: str | None, ttft: float, gap: float,
                  done_marker: bool = True) -> None:
         self.events = events
         self.model = model
@@ -59,25 +60,25 @@ class StreamPlan:
         self.done_marker = done_marker
 
 
-def json_reply(obj: Any, model: Optional[str] = None, status: int = 200) -> Response:
+def json_reply(obj: Any, model: str | None = None, status: int = 200) -> Response:
     headers = [("openai-model", model)] if model else []
     return Response(status, dumps(obj), "application/json", headers)
 
 
-def text_reply(text: str, model: Optional[str] = None) -> Response:
+def text_reply(text: str, model: str | None = None) -> Response:
     headers = [("openai-model", model)] if model else []
     return Response(200, text.encode(), "text/plain; charset=utf-8", headers)
 
 
-def _not_found(what: str, ident: str, param: Optional[str] = None,
-               code: Optional[str] = None) -> ApiError:
+def _not_found(what: str, ident: str, param: str | None = None,
+               code: str | None = None) -> ApiError:
     return ApiError(404, f"No such {what}: {ident}", param=param, code=code)
 
 
 # -- request helpers -------------------------------------------------------------------------
 
 
-def body_json(req: "Request") -> dict:
+def body_json(req: Request) -> dict:
     """The JSON object body (memoised on the request); 400 if it is not one."""
     cache = req.cache
     if "json" in cache:
@@ -96,7 +97,7 @@ def body_json(req: "Request") -> dict:
     return value
 
 
-def form_data(req: "Request") -> tuple[dict[str, str], list[UploadedFile]]:
+def form_data(req: Request) -> tuple[dict[str, str], list[UploadedFile]]:
     """Multipart fields and files (memoised); 400 if the body is not multipart."""
     cache = req.cache
     if "form" not in cache:
@@ -110,7 +111,7 @@ def form_data(req: "Request") -> tuple[dict[str, str], list[UploadedFile]]:
     return cache["form"]
 
 
-def query_params(req: "Request") -> dict[str, str]:
+def query_params(req: Request) -> dict[str, str]:
     cache = req.cache
     if "query" not in cache:
         cache["query"] = dict(parse_qsl(req.query_string, keep_blank_values=True))
@@ -213,12 +214,12 @@ def _tool_arguments(schema: Any, user_text: str) -> dict:
 class Operations:
     """Answers for every operation; stores and knobs come from the owning app."""
 
-    def __init__(self, app: "StandinApp") -> None:
+    def __init__(self, app: StandinApp) -> None:
         self.app = app
 
     # -- completions ---------------------------------------------------------------------------
 
-    def createCompletion(self, req: "Request") -> Any:
+    def createCompletion(self, req: Request) -> Any:
         body = body_json(req)
         model = str(body.get("model") or "text-davinci-003")
         prompt = body.get("prompt", "<|endoftext|>")
@@ -285,7 +286,7 @@ class Operations:
                 "top_logprobs": [{tok: -0.1} for tok in tokens] if top else None,
                 "text_offset": offsets}
 
-    def _completion_stream(self, req: "Request", body: dict, cid: str, created: int,
+    def _completion_stream(self, req: Request, body: dict, cid: str, created: int,
                            model: str, choices: list[dict], usage: dict) -> StreamPlan:
         events, ttft, gap = self.app.knobs(req)
         pieces = [fakes.split_text(c["text"], events) for c in choices]
@@ -312,7 +313,7 @@ class Operations:
 
     # -- chat --------------------------------------------------------------------------------------
 
-    def createChatCompletion(self, req: "Request") -> Any:
+    def createChatCompletion(self, req: Request) -> Any:
         body = body_json(req)
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
@@ -339,8 +340,11 @@ class Operations:
                       and response_format.get("type") in ("json_object", "json_schema"))
         choices = []
         completion_tokens = 0
+        # Seeded by what the conversation says (cheap, and stable across JSON encoders).
+        convo = "\x1e".join(f"{m.get('role')}:{content_text(m.get('content'))}"
+                             for m in messages)
         for j in range(n):
-            seed = fakes.digest("chat", model, messages, j)
+            seed = fakes.digest("chat", model, convo, j)
             message: dict[str, Any] = {"role": "assistant", "content": None, "refusal": None}
             if call is not None:
                 name, arguments, legacy = call
@@ -386,7 +390,7 @@ class Operations:
 
     @staticmethod
     def _wanted_call(body: dict, messages: list[dict], last_user: str,
-                     last_user_index: int) -> Optional[tuple[str, str, bool]]:
+                     last_user_index: int) -> tuple[str, str, bool] | None:
         """(function name, JSON arguments, legacy?) when the reply should call a tool.
 
         A tool is called when tools are offered, the conversation ends with the user's turn,
@@ -406,7 +410,7 @@ class Operations:
         choice = body.get("function_call") if legacy else body.get("tool_choice")
         if choice == "none":
             return None
-        forced: Optional[str] = None
+        forced: str | None = None
         if isinstance(choice, dict):
             forced = (choice.get("function") or {}).get("name") or choice.get("name")
         wants = (forced is not None or choice == "required"
@@ -419,7 +423,7 @@ class Operations:
         arguments = json.dumps(_tool_arguments(fn.get("parameters"), last_user))
         return name, arguments, legacy
 
-    def _chat_stream(self, req: "Request", body: dict, cid: str, created: int, model: str,
+    def _chat_stream(self, req: Request, body: dict, cid: str, created: int, model: str,
                      choices: list[dict], usage: dict) -> StreamPlan:
         events, ttft, gap = self.app.knobs(req)
         include_usage = _include_usage(body)
@@ -487,7 +491,7 @@ class Operations:
 
     # -- edits -------------------------------------------------------------------------------------
 
-    def createEdit(self, req: "Request") -> Response:
+    def createEdit(self, req: Request) -> Response:
         body = body_json(req)
         model = str(body.get("model") or "text-davinci-edit-001")
         instruction = body.get("instruction")
@@ -513,7 +517,7 @@ class Operations:
     # -- images ------------------------------------------------------------------------------------
 
     def _images(self, seed_parts: tuple, n: Any, size: Any, response_format: Any,
-                model: Optional[str]) -> Response:
+                model: str | None) -> Response:
         count = _int(n, 1, "n", high=10)
         width, height = fakes.parse_size(size)
         fmt = response_format or "url"
@@ -535,7 +539,7 @@ class Operations:
             data.append(item)
         return json_reply({"created": int(time.time()), "data": data}, model)
 
-    def createImage(self, req: "Request") -> Response:
+    def createImage(self, req: Request) -> Response:
         body = body_json(req)
         prompt = body.get("prompt")
         if not isinstance(prompt, str) or not prompt:
@@ -543,7 +547,7 @@ class Operations:
         return self._images((prompt, body.get("model")), body.get("n"), body.get("size"),
                             body.get("response_format"), body.get("model"))
 
-    def _image_upload(self, req: "Request", need_prompt: bool) -> Response:
+    def _image_upload(self, req: Request, need_prompt: bool) -> Response:
         fields, files = form_data(req)
         images = [f for f in files if f.field.startswith("image")]
         if not images:
@@ -555,15 +559,15 @@ class Operations:
         return self._images(seed_parts, fields.get("n"), fields.get("size"),
                             fields.get("response_format"), fields.get("model"))
 
-    def createImageEdit(self, req: "Request") -> Response:
+    def createImageEdit(self, req: Request) -> Response:
         return self._image_upload(req, need_prompt=True)
 
-    def createImageVariation(self, req: "Request") -> Response:
+    def createImageVariation(self, req: Request) -> Response:
         return self._image_upload(req, need_prompt=False)
 
     # -- embeddings and moderations ------------------------------------------------------------
 
-    def createEmbedding(self, req: "Request") -> Response:
+    def createEmbedding(self, req: Request) -> Response:
         body = body_json(req)
         model = str(body.get("model") or "text-embedding-ada-002")
         raw = body.get("input")
@@ -597,7 +601,7 @@ class Operations:
         return json_reply({"object": "list", "data": data, "model": model,
                            "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}, model)
 
-    def createModeration(self, req: "Request") -> Response:
+    def createModeration(self, req: Request) -> Response:
         body = body_json(req)
         model = str(body.get("model") or "text-moderation-latest")
         raw = body.get("input")
@@ -610,7 +614,7 @@ class Operations:
 
     # -- audio -------------------------------------------------------------------------------------
 
-    def _audio(self, req: "Request", task: str) -> Response:
+    def _audio(self, req: Request, task: str) -> Response:
         fields, files = form_data(req)
         upload = next((f for f in files if f.field == "file"), None)
         if upload is None:
@@ -649,20 +653,20 @@ class Operations:
             return json_reply(result, model)
         raise ApiError(400, f"'{fmt}' is not a valid response_format.", param="response_format")
 
-    def createTranscription(self, req: "Request") -> Response:
+    def createTranscription(self, req: Request) -> Response:
         return self._audio(req, "transcribe")
 
-    def createTranslation(self, req: "Request") -> Response:
+    def createTranslation(self, req: Request) -> Response:
         return self._audio(req, "translate")
 
     # -- files -------------------------------------------------------------------------------------
 
-    def listFiles(self, req: "Request") -> Response:
+    def listFiles(self, req: Request) -> Response:
         purpose = query_params(req).get("purpose")
         return json_reply({"object": "list", "data": self.app.files.list(purpose),
                            "has_more": False})
 
-    def createFile(self, req: "Request") -> Response:
+    def createFile(self, req: Request) -> Response:
         fields, files = form_data(req)
         upload = next((f for f in files if f.field == "file"), None)
         if upload is None:
@@ -672,18 +676,18 @@ class Operations:
             raise ApiError(400, "'purpose' is a required property.", param="purpose")
         return json_reply(self.app.files.add(upload.filename, purpose, upload.data))
 
-    def retrieveFile(self, req: "Request", file_id: str) -> Response:
+    def retrieveFile(self, req: Request, file_id: str) -> Response:
         meta = self.app.files.get(file_id)
         if meta is None:
             raise _not_found("File", file_id, param="id")
         return json_reply(meta)
 
-    def deleteFile(self, req: "Request", file_id: str) -> Response:
+    def deleteFile(self, req: Request, file_id: str) -> Response:
         if not self.app.files.delete(file_id):
             raise _not_found("File", file_id, param="id")
         return json_reply({"id": file_id, "object": "file", "deleted": True})
 
-    def downloadFile(self, req: "Request", file_id: str) -> Response:
+    def downloadFile(self, req: Request, file_id: str) -> Response:
         data = self.app.files.data.get(file_id)
         if data is None:
             raise _not_found("File", file_id, param="id")
@@ -700,7 +704,7 @@ class Operations:
                 "filename": f"{file_id}.jsonl", "purpose": purpose, "status": "processed",
                 "status_details": None}
 
-    def createFineTune(self, req: "Request") -> Response:
+    def createFineTune(self, req: Request) -> Response:
         body = body_json(req)
         training = body.get("training_file")
         if not isinstance(training, str) or not training:
@@ -728,7 +732,7 @@ class Operations:
         self.app.fine_tunes.add(job)
         return json_reply(job, job["model"])
 
-    def listFineTunes(self, req: "Request") -> Response:
+    def listFineTunes(self, req: Request) -> Response:
         jobs = [{k: v for k, v in job.items() if k != "events"}
                 for job in self.app.fine_tunes.list()]
         return json_reply({"object": "list", "data": jobs})
@@ -739,10 +743,10 @@ class Operations:
             raise _not_found("fine-tune", job_id, param="fine_tune_id")
         return job
 
-    def retrieveFineTune(self, req: "Request", fine_tune_id: str) -> Response:
+    def retrieveFineTune(self, req: Request, fine_tune_id: str) -> Response:
         return json_reply(self._job(fine_tune_id))
 
-    def cancelFineTune(self, req: "Request", fine_tune_id: str) -> Response:
+    def cancelFineTune(self, req: Request, fine_tune_id: str) -> Response:
         job = self._job(fine_tune_id)
         if job["status"] in ("succeeded", "failed", "cancelled"):
             raise ApiError(400, f"Cannot cancel a job that is already {job['status']}.",
@@ -752,7 +756,7 @@ class Operations:
         job["events"].append(event("Fine-tune cancelled"))
         return json_reply(job)
 
-    def listFineTuneEvents(self, req: "Request", fine_tune_id: str) -> Any:
+    def listFineTuneEvents(self, req: Request, fine_tune_id: str) -> Any:
         job = self._job(fine_tune_id)
         if not _truthy(query_params(req).get("stream", "false")):
             return json_reply({"object": "list", "data": list(job["events"])})
@@ -792,17 +796,17 @@ class Operations:
 
     # -- models and engines ------------------------------------------------------------------------
 
-    def listModels(self, req: "Request") -> Response:
+    def listModels(self, req: Request) -> Response:
         return json_reply({"object": "list", "data": self.app.models.list()})
 
-    def retrieveModel(self, req: "Request", model: str) -> Response:
+    def retrieveModel(self, req: Request, model: str) -> Response:
         obj = self.app.models.get(model)
         if obj is None:
             raise ApiError(404, f"The model '{model}' does not exist", param="model",
                            code="model_not_found")
         return json_reply(obj, model)
 
-    def deleteModel(self, req: "Request", model: str) -> Response:
+    def deleteModel(self, req: Request, model: str) -> Response:
         known = self.app.models.delete(model)
         if not known and "ft" not in model:
             raise ApiError(404, f"The model '{model}' does not exist", param="model",
@@ -814,11 +818,11 @@ class Operations:
         return {"id": model["id"], "object": "engine", "created": None, "ready": True,
                 "owner": model["owned_by"]}
 
-    def listEngines(self, req: "Request") -> Response:
+    def listEngines(self, req: Request) -> Response:
         return json_reply({"object": "list",
                            "data": [self._engine(m) for m in self.app.models.list()]})
 
-    def retrieveEngine(self, req: "Request", engine_id: str) -> Response:
+    def retrieveEngine(self, req: Request, engine_id: str) -> Response:
         obj = self.app.models.get(engine_id)
         if obj is None:
             raise ApiError(404, f"No such engine: {engine_id}", param="engine_id",
@@ -852,7 +856,7 @@ class Operations:
         noise = fakes.digest("score", query, doc)[0] / 255.0
         return round(100.0 * len(q & d) + 10.0 * noise, 3)
 
-    def createSearch(self, req: "Request", engine_id: str) -> Response:
+    def createSearch(self, req: Request, engine_id: str) -> Response:
         body = body_json(req)
         query = body.get("query")
         if not isinstance(query, str):
@@ -868,7 +872,7 @@ class Operations:
                 r["metadata"] = None
         return json_reply({"object": "list", "data": data, "model": engine_id}, engine_id)
 
-    def createAnswer(self, req: "Request") -> Response:
+    def createAnswer(self, req: Request) -> Response:
         body = body_json(req)
         question = body.get("question")
         if not isinstance(question, str):
@@ -889,7 +893,7 @@ class Operations:
                            "completion": new_id("cmpl-"), "answers": [answer] * n,
                            "selected_documents": selected}, model)
 
-    def createClassification(self, req: "Request") -> Response:
+    def createClassification(self, req: Request) -> Response:
         body = body_json(req)
         query = body.get("query")
         if not isinstance(query, str):

@@ -10,23 +10,19 @@ import json
 import os
 import time
 from collections import deque
-from typing import Optional
 
 from .http11 import error_body
 
 # -- ids ---------------------------------------------------------------------------------------
 
-_ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+_ALPHABET = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+# Byte -> base62 character (a slight bias towards the first 8 characters is harmless here).
+_B62_TABLE = bytes(_ALPHABET[i % 62] for i in range(256))
 
 
 def new_id(prefix: str, width: int = 24) -> str:
     """``prefix`` + random base62 text, like ``chatcmpl-9xY...`` in the real API."""
-    n = int.from_bytes(os.urandom(18), "big")
-    out = []
-    for _ in range(width):
-        n, r = divmod(n, 62)
-        out.append(_ALPHABET[r])
-    return prefix + "".join(out)
+    return prefix + os.urandom(width).translate(_B62_TABLE).decode("ascii")
 
 
 def new_request_id() -> str:
@@ -42,7 +38,7 @@ class Config:
     FIELDS = ("ttft_ms", "gap_ms", "events", "image_base_url", "embedding_dimensions")
 
     def __init__(self, *, ttft_ms: float = 0.0, gap_ms: float = 0.0, events: int = 8,
-                 image_base_url: Optional[str] = None, embedding_dimensions: int = 1536) -> None:
+                 image_base_url: str | None = None, embedding_dimensions: int = 1536) -> None:
         self.ttft_ms = float(ttft_ms)
         self.gap_ms = float(gap_ms)
         self.events = int(events)
@@ -107,10 +103,10 @@ class Fault:
         self.kind: str = kind
         self.id = new_id("fault_", 12)
         path = spec.pop("path", None)
-        self.path: Optional[str] = path or None
+        self.path: str | None = path or None
         self.prefix = bool(self.path and self.path.endswith("*"))
         method = spec.pop("method", None)
-        self.method: Optional[str] = method.upper() if method else None
+        self.method: str | None = method.upper() if method else None
         self.times = int(spec.pop("times", 1))
         if self.times == 0 or self.times < -1:
             raise ValueError("times must be a positive count or -1")
@@ -118,12 +114,12 @@ class Fault:
         if not 100 <= self.status <= 599:
             raise ValueError("status must be an HTTP status code")
         retry_after = spec.pop("retry_after", None)
-        self.retry_after: Optional[str] = None if retry_after is None else str(retry_after)
+        self.retry_after: str | None = None if retry_after is None else str(retry_after)
         self.body = spec.pop("body", None)
         default_seconds = {"delay": 1.0, "hang_stream": 30.0}.get(kind, 0.0)
         self.seconds = float(spec.pop("seconds", default_seconds))
         self.after = int(spec.pop("after", 1))
-        self.message: Optional[str] = spec.pop("message", None)
+        self.message: str | None = spec.pop("message", None)
         headers = spec.pop("headers", None) or {}
         self.headers = [(str(k).lower(), str(v)) for k, v in dict(headers).items()]
         if spec:
@@ -175,7 +171,7 @@ class FaultQueue:
         self._faults.clear()
         return n
 
-    def take(self, method: str, path: str) -> Optional[Fault]:
+    def take(self, method: str, path: str) -> Fault | None:
         for i, fault in enumerate(self._faults):
             if fault.matches(method, path):
                 fault.hits += 1
@@ -219,7 +215,7 @@ class RequestLog:
     def clear(self) -> None:
         self.entries.clear()
 
-    def last(self, limit: Optional[int] = None) -> list[dict]:
+    def last(self, limit: int | None = None) -> list[dict]:
         items = list(self.entries)
         if limit is not None and limit >= 0:
             items = items[-limit:] if limit else []
@@ -245,14 +241,14 @@ class FileStore:
         self.data[file_id] = data
         return obj
 
-    def get(self, file_id: str) -> Optional[dict]:
+    def get(self, file_id: str) -> dict | None:
         return self.meta.get(file_id)
 
     def delete(self, file_id: str) -> bool:
         self.data.pop(file_id, None)
         return self.meta.pop(file_id, None) is not None
 
-    def list(self, purpose: Optional[str] = None) -> list[dict]:
+    def list(self, purpose: str | None = None) -> list[dict]:
         return [m for m in self.meta.values() if purpose is None or m["purpose"] == purpose]
 
 
@@ -292,13 +288,13 @@ class ModelStore:
             self.add(model_id, owner, created)
 
     def add(self, model_id: str, owner: str = "standin-org",
-            created: Optional[int] = None) -> dict:
+            created: int | None = None) -> dict:
         obj = {"id": model_id, "object": "model",
                "created": int(time.time()) if created is None else created, "owned_by": owner}
         self.models[model_id] = obj
         return obj
 
-    def get(self, model_id: str) -> Optional[dict]:
+    def get(self, model_id: str) -> dict | None:
         return self.models.get(model_id)
 
     def delete(self, model_id: str) -> bool:
@@ -319,7 +315,7 @@ class FineTuneStore:
         self.jobs[job["id"]] = job
         return job
 
-    def get(self, job_id: str) -> Optional[dict]:
+    def get(self, job_id: str) -> dict | None:
         return self.jobs.get(job_id)
 
     def list(self) -> list[dict]:
