@@ -8,3 +8,4 @@ class OpenAIDjangoConfig(AppConfig):
 
     def ready(self):
         from openai_django import checks, handlers  # noqa: F401 - registers checks/receivers
+        from openai_django import retention  # noqa: F401 - registers the periodic purge task

@@ -49,6 +49,10 @@ DEFAULTS = {
     # Where artifacts go: an alias of ``settings.STORAGES``.
     "STORAGE": "default",
     "ARTIFACT_PREFIX": "openai_django",
+    # How artifacts are served: "stream" (through the app, any storage) or "signed" (a redirect
+    # to a short-lived signed URL where the storage can sign, e.g. S3; else streamed).
+    "ARTIFACT_URLS": "stream",
+    "ARTIFACT_URL_EXPIRES": 300,
     # Generated images answered as URLs are fetched at once, before they expire.
     "FETCH_IMAGE_URLS": True,
     "IMAGE_URL_HOSTS": ["*.blob.core.windows.net", "*.openai.com", "*.oaiusercontent.com"],
