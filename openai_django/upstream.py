@@ -96,19 +96,26 @@ class UpstreamClient:
                 headers=self._headers(headers, content_type),
                 preload_content=False, decode_content=True, redirect=False,
             )
+        except NewConnectionError as exc:
+            # Checked first: urllib3 makes NewConnectionError a subclass of
+            # ConnectTimeoutError, but a refused connection is not a timeout.
+            raise UpstreamUnavailable(
+                f"The upstream API could not be reached: {_reason(exc)}"
+            ) from exc
         except (ConnectTimeoutError, ReadTimeoutError) as exc:
             raise UpstreamTimeout(
                 f"The upstream API did not answer within the timeout: {_reason(exc)}"
             ) from exc
         except MaxRetryError as exc:
-            if isinstance(exc.reason, (ConnectTimeoutError, ReadTimeoutError)):
+            if isinstance(exc.reason, (ConnectTimeoutError, ReadTimeoutError)) and not \
+                    isinstance(exc.reason, NewConnectionError):
                 raise UpstreamTimeout(
                     f"The upstream API did not answer within the timeout: {_reason(exc)}"
                 ) from exc
             raise UpstreamUnavailable(
                 f"The upstream API could not be reached: {_reason(exc)}"
             ) from exc
-        except (NewConnectionError, ProtocolError, HTTPError, OSError) as exc:
+        except (ProtocolError, HTTPError, OSError) as exc:
             raise UpstreamUnavailable(
                 f"The upstream API could not be reached: {_reason(exc)}"
             ) from exc
