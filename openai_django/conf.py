@@ -81,7 +81,17 @@ DEFAULTS = {
     "STALE_RUNNING_AFTER": 900,
     # Cap on concurrent upstream calls made by tasks: {"*": N, "model-name": M}; empty = none.
     "CONCURRENCY": {},
+    # Where the caps' leases live: "redis", "db" (a lease table), or None: Redis when a Redis
+    # URL is known (CONCURRENCY_REDIS_URL, else a redis:// CELERY_BROKER_URL), else the db.
     "CONCURRENCY_BACKEND": None,
+    "CONCURRENCY_REDIS_URL": None,
+    # Seconds a task waits for a free slot before it steps aside (re-queued, not an attempt).
+    "CONCURRENCY_WAIT": 1.0,
+    # Seconds a lease outlives a holder that died without releasing it (None: the timeouts).
+    "CONCURRENCY_LEASE_SECONDS": None,
+    # Re-queue queued calls whose message was lost (the filesystem broker loses a dead worker's
+    # reserved messages) after this many seconds past due; None = never.
+    "STALE_QUEUED_AFTER": None,
     # Prices in USD per 1,000 tokens (input, output) or per image / per audio minute.
     "PRICES": None,
     # How many recent calls the REST log returns at most per page.

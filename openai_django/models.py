@@ -371,3 +371,30 @@ class Artifact(models.Model):
     @property
     def is_input(self):
         return self.role in self.INPUT_ROLES
+
+
+class ConcurrencyLease(models.Model):
+    """One slot of a concurrency cap, held by a task while it calls the upstream.
+
+    The database backend of :mod:`openai_django.concurrency`, used when no Redis is configured:
+    the unique (key, slot) pair makes taking a slot a plain INSERT that at most one process can
+    win, on any database, and ``expires_at`` frees the slots of holders that died.
+    """
+
+    key = models.CharField(_("key"), max_length=255,
+                           help_text=_("What is capped: the upstream, or one model of it."))
+    slot = models.PositiveSmallIntegerField(_("slot"))
+    token = models.CharField(_("token"), max_length=64, unique=True)
+    acquired_at = models.DateTimeField(_("acquired"), default=timezone.now)
+    expires_at = models.DateTimeField(_("expires"))
+
+    class Meta:
+        verbose_name = _("concurrency lease")
+        verbose_name_plural = _("concurrency leases")
+        ordering = ["key", "slot"]
+        constraints = [
+            models.UniqueConstraint(fields=["key", "slot"], name="od_lease_key_slot"),
+        ]
+
+    def __str__(self):
+        return f"{self.key} #{self.slot}"

@@ -132,6 +132,20 @@ def mark_running(call):
     Call.objects.filter(pk=call.pk).update(status=call.status, started_at=call.started_at)
 
 
+def transition(call, expected, **changes):
+    """Apply ``changes`` to the row only if it still matches ``expected`` (compare-and-set).
+
+    Background calls move between states from several processes at once (a redelivered
+    message, the sweep, a cancel): a conditional UPDATE lets exactly one of them win without
+    locks on any database. On success ``call`` is updated in memory and ``True`` returned.
+    """
+    if not Call.objects.filter(pk=call.pk, **expected).update(**changes):
+        return False
+    for name, value in changes.items():
+        setattr(call, name, value)
+    return True
+
+
 def _usage(call, usage):
     if isinstance(usage, dict):
         for name in ("prompt_tokens", "completion_tokens", "total_tokens"):
