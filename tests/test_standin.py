@@ -416,6 +416,8 @@ def test_image_url_served_over_tls(server, http):
     assert png_size(img.content) == (512, 512)
     plain = requests.get(url.replace(server.tls_base, server.base), timeout=10)
     assert plain.content == img.content
+    downloads = [e for e in server.requests() if e["path"].startswith("/images/")]
+    assert [e["status"] for e in downloads] == [200, 200]
     server.configure(image_base_url="http://cdn.example.test")
     other = post(http, server, "/images/generations", json={"prompt": "x"}).json()
     assert other["data"][0]["url"].startswith("http://cdn.example.test/images/")
@@ -718,12 +720,12 @@ def test_hang_stream_fault_stalls_after_some_events(server, http):
     events = list(sse(resp))
     assert len(events) == 9 and events[-1][1] == "[DONE]"
     assert events[2][0] - events[1][0] >= 0.35
-    assert events[1][0] - events[0][0] < 0.2
+    assert events[1][0] - events[0][0] < 0.3
     server.fault(path="/v1/chat/completions", kind="hang_stream", after=1, seconds=5)
     resp = http.post(server.url + "/chat/completions", json=chat_body(stream=True),
                      stream=True, timeout=(2, 0.3))
     got = []
-    with pytest.raises(requests.exceptions.ConnectionError):
+    with pytest.raises(requests.exceptions.RequestException):  # the read timeout fires
         for _, payload in sse(resp):
             got.append(payload)
     assert len(got) == 1

@@ -21,7 +21,8 @@ What the server does:
   ``events``, ``ttft_ms`` and ``gap_ms`` pace them;
 * requires ``Authorization: Bearer <non-empty>`` (or exactly ``api_key`` if one was given);
 * control API without auth: ``/_control/faults`` (GET, POST a spec or a list, DELETE),
-  ``/_control/config`` (GET, POST), ``/_control/requests`` (GET ``?limit=N``, DELETE),
+  ``/_control/config`` (GET, POST), ``/_control/requests`` (GET ``?limit=N``, DELETE; the
+  last ``log_size`` requests to ``/v1`` and to generated images, not kept with ``fast``),
   ``/_control/reset`` (POST), ``/_control/health`` (GET);
 * fault kinds: ``status`` (``status``, ``retry_after``, ``body``, ``message``), ``delay``
   (``seconds``), ``reset`` (TCP RST), ``cut`` (``after`` events, then close without

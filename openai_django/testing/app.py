@@ -148,7 +148,12 @@ class StandinApp:
         if path.startswith(CONTROL_PREFIX):
             return self._control(req)
         if path.startswith("/images/"):
-            return self._image_file(req)
+            # Logged too, so tests can tell whether a client downloaded a generated image.
+            entry = None if self.fast else self._log_entry(req)
+            resp = self._image_file(req)
+            if entry is not None:
+                entry["status"] = resp.status
+            return resp
         return _error(404, f"Invalid URL ({req.method} {path})")
 
     # -- /v1 -------------------------------------------------------------------------------------

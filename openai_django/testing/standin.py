@@ -242,7 +242,7 @@ class StandinServer:
         return self.control("GET", "config")
 
     def requests(self, limit: int | None = None) -> list[dict]:
-        """The logged ``/v1`` requests, oldest first (empty in fast mode)."""
+        """The logged ``/v1`` requests and image downloads, oldest first (none in fast mode)."""
         return self.control("GET", "requests" if limit is None else f"requests?limit={limit}")
 
     def clear_requests(self) -> None:

@@ -204,7 +204,7 @@ def mask_authorization(value: str) -> str:
 
 
 class RequestLog:
-    """Ring buffer of the last ``size`` requests seen under ``/v1``."""
+    """Ring buffer of the last ``size`` requests seen under ``/v1`` (and image downloads)."""
 
     def __init__(self, size: int = 200) -> None:
         self.entries: deque[dict] = deque(maxlen=max(1, size))

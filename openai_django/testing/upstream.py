@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -113,6 +114,9 @@ async def serve(opts: argparse.Namespace) -> None:
     if opts.exit_with_parent:
         watcher = loop.create_task(_watch_parent(os.getppid(), request_stop))
 
+    # Long-lived startup objects need no more scanning: fewer, shorter GC pauses in benchmarks.
+    gc.collect()
+    gc.freeze()
     log.info("listening on %s (fast=%s)", " ".join(urls), opts.fast)
     sys.stdout.write("READY " + " ".join(urls) + "\n")
     sys.stdout.flush()
