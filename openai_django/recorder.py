@@ -24,6 +24,7 @@ AUDIO_OPERATIONS = {"createTranscription", "createTranslation"}
 # A response larger than this is kept as an artifact (exactly as returned) and the row holds a
 # compact copy, so million-row tables do not carry megabytes of base64 or embedding floats.
 INLINE_RESPONSE_MAX_BYTES = 256 * 1024
+TRANSCRIPT_FORMATS = {"srt": ("srt", "application/x-subrip"), "vtt": ("vtt", "text/vtt")}
 FILE_ROLES = {"image": Artifact.Role.IMAGE, "mask": Artifact.Role.MASK}
 
 
@@ -40,6 +41,8 @@ def redact(value, call, field):
     if hook is None or value is None:
         return value
     result = hook(value, call=call, field=field)
+    if field == "prompt" and isinstance(result, str):
+        result = result[:300]  # masks may lengthen it; the column holds 300 (an error on PG)
     if result != value:
         call.redacted = True
     return result
@@ -295,9 +298,11 @@ def _record_body(call, response, body):
         call.response_text = redact(text, call, "response_text")
         if call.operation in AUDIO_OPERATIONS:
             call.output_text = call.response_text
-            ext = {"text/vtt": "vtt", "application/x-subrip": "srt"}.get(content_type, "txt")
+            # The upstream labels srt and vtt as text/plain: the requested format names them.
+            requested = (call.request_body or {}).get("response_format")
+            ext, kind = TRANSCRIPT_FORMATS.get(requested, ("txt", "text/plain"))
             save_artifact(call, Artifact.Role.TRANSCRIPT, call.response_text.encode(),
-                          name=f"transcript.{ext}", content_type=content_type.split(";")[0])
+                          name=f"transcript.{ext}", content_type=kind)
     else:
         role = (Artifact.Role.FILE_CONTENT if call.operation == "downloadFile"
                 else Artifact.Role.RESPONSE)
