@@ -46,7 +46,7 @@ _EMAIL = re.compile(
 # Ordered: the specific shapes first, so a "Bearer sk-..." header is masked as one secret.
 _SECRETS = [
     # Authorization header values.
-    re.compile(r"(?i)\b(?:bearer|basic|token)\s+[A-Za-z0-9._~+/=-]{12,}"),
+    re.compile(r"(?i)\b(?:bearer|basic)\s+[A-Za-z0-9._~+/=-]{12,}"),
     # OpenAI-style keys (sk-..., sk-proj-..., this app's own sk-od-...).
     re.compile(r"(?<![\w-])sk-[A-Za-z0-9_-]{16,}"),
     # AWS access key ids.

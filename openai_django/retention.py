@@ -114,7 +114,9 @@ def purge(now=None, dry_run=False, batch_size=BATCH_SIZE):
         report.metadata = _purge_metadata(report, report.cutoffs["metadata"], batch_size)
     if report.cutoffs["bodies"] is not None:
         report.bodies = _purge_bodies(report, report.cutoffs["bodies"], batch_size)
-    if report.cutoffs["artifacts"] is not None:
+    if dry_run:
+        report.artifacts = _count_artifact_files(report.cutoffs)
+    elif report.cutoffs["artifacts"] is not None:
         report.artifacts += _purge_artifact_files(report, report.cutoffs["artifacts"],
                                                   batch_size)
     logger.info("Retention %s", str(report).replace("\n", ";"))
@@ -175,8 +177,6 @@ def _purge_bodies(report, cutoff, batch_size):
         if report.cutoffs["metadata"] is not None:
             # Rows the metadata phase would delete are not counted twice.
             expired = expired.filter(created__gte=report.cutoffs["metadata"])
-        report.artifacts += _stored_artifacts().filter(
-            call__in=expired, role__in=body_artifact_roles()).count()
         return expired.count()
     purged = 0
     for ids in _batches(expired, batch_size):
@@ -191,10 +191,23 @@ def _purge_bodies(report, cutoff, batch_size):
     return purged
 
 
+def _count_artifact_files(cutoffs):
+    """How many stored files a run would delete, each counted once (dry run)."""
+    from django.db.models import Q
+
+    condition = Q(pk__in=[])
+    if cutoffs["artifacts"] is not None:
+        condition |= Q(created__lt=cutoffs["artifacts"])
+    if cutoffs["bodies"] is not None:
+        condition |= Q(role__in=body_artifact_roles(), call__in=_expired_bodies(cutoffs["bodies"]))
+    files = _stored_artifacts().filter(condition)
+    if cutoffs["metadata"] is not None:
+        files = files.filter(call__created__gte=cutoffs["metadata"])
+    return files.count()
+
+
 def _purge_artifact_files(report, cutoff, batch_size):
     expired = _stored_artifacts().filter(created__lt=cutoff)
-    if report.dry_run:
-        return expired.count()
     purged = 0
     for ids in _batches(expired, batch_size):
         files = _delete_files(report, _stored_artifacts().filter(pk__in=ids))

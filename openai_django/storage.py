@@ -14,7 +14,9 @@ call belongs to the key's user, or the admin user may view calls) happens in the
 
 import logging
 
+from django.core.signals import setting_changed
 from django.http import FileResponse, HttpResponseRedirect
+from django.utils.functional import LazyObject, empty
 from django.utils.http import content_disposition_header
 
 from openai_django.conf import app_settings
@@ -22,6 +24,32 @@ from openai_django.conf import app_settings
 logger = logging.getLogger("openai_django.storage")
 
 ARTIFACT_URL_MODES = ("stream", "signed")
+
+
+class ArtifactStorage(LazyObject):
+    """The storage of ``settings.STORAGES[OPENAI_DJANGO["STORAGE"]]``, looked up when used.
+
+    ``FileField`` evaluates a callable ``storage`` once, when the model class is built; this
+    proxy (like Django's own ``default_storage``) defers the lookup to the first use and
+    forgets it when ``STORAGES`` or ``OPENAI_DJANGO`` change, so ``override_settings`` and
+    settings assembled after import both reach the artifacts.
+    """
+
+    def _setup(self):
+        from django.core.files.storage import storages
+
+        self._wrapped = storages[app_settings.STORAGE]
+
+
+artifact_storage = ArtifactStorage()
+
+
+def _reset_storage(*, setting, **kwargs):
+    if setting in ("STORAGES", "OPENAI_DJANGO"):
+        artifact_storage._wrapped = empty
+
+
+setting_changed.connect(_reset_storage, dispatch_uid="openai_django.storage.reset")
 
 
 def _filename(artifact):

@@ -1,0 +1,258 @@
+"""The redact hook and the metadata-only switches: what is stored is redacted (or absent), what
+the upstream receives is what the client sent."""
+
+import base64
+import json
+
+import pytest
+
+from openai_django.models import APIKey, Artifact, Call
+from openai_django.redaction import (
+    EMAIL_MASK,
+    PHONE_MASK,
+    SECRET_MASK,
+    redact_pii,
+    redact_stream_events,
+    redact_text,
+)
+
+REDACT = "openai_django.redaction.redact_pii"
+EMAIL = "jane.doe+billing@example-corp.co.uk"
+PHONE = "+1 (415) 555-2671"
+OPENAI_KEY = "sk-proj-Zx8Qm2Lr7Tn4Vb6Yc1Hd9Kf3Jg5Ws0Pe"
+AWS_SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+
+
+# -- the built-in redactor ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text, expected", [
+    (f"Write to {EMAIL}, thanks", f"Write to {EMAIL_MASK}, thanks"),
+    (f"My number is {PHONE}.", f"My number is {PHONE_MASK}."),
+    ("Appelez le 06 12 34 56 78 demain", f"Appelez le {PHONE_MASK} demain"),
+    ("London office: 020 7946 0958", f"London office: {PHONE_MASK}"),
+    (f"use {OPENAI_KEY} for prod", f"use {SECRET_MASK} for prod"),
+    ("Authorization: Bearer abcdefghijklmnop1234", f"Authorization: {SECRET_MASK}"),
+    (f"aws AKIAIOSFODNN7EXAMPLE {AWS_SECRET}", f"aws {SECRET_MASK} {SECRET_MASK}"),
+    ("token ghp_aBcDeFgHiJkLmNoPqRsTuVwXyZ0123456789", f"token {SECRET_MASK}"),
+    ("secret=9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+     f"secret={SECRET_MASK}"),
+])
+def test_masks_emails_phones_and_keys(text, expected):
+    assert redact_text(text) == expected
+
+
+@pytest.mark.parametrize("text", [
+    "On 2024-01-15 at 10:30 the order 1234567890 shipped.",
+    "The server 192.168.100.200 answered in 3.14159 s; total 1,234,567 tokens.",
+    "Use gpt-4o-mini with temperature 0.7 and max_tokens 1024.",
+    "See /usr/local/lib/python3.11/site-packages/django/db/models/query.py line 1240",
+    "Pneumonoultramicroscopicsilicovolcanoconiosis is a long word.",
+    "chatcmpl-9aBcDeF created 1712345678",
+])
+def test_leaves_ordinary_text_alone(text):
+    assert redact_text(text) == text
+
+
+def test_walks_json_without_mutating_it_and_skips_binary():
+    image = base64.b64encode(bytes(range(256)) * 8).decode()
+    body = {
+        "model": "gpt-4o",
+        "messages": [
+            {"role": "system", "content": "You are helpful."},
+            {"role": "user", "content": [
+                {"type": "text", "text": f"Email {EMAIL} the summary"},
+                {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{image}"}},
+            ]},
+        ],
+        "temperature": 0.2,
+        "n": 1,
+    }
+    original = json.loads(json.dumps(body))
+    redacted = redact_pii(body, call=None, field="request_body")
+    assert body == original  # the gateway sends this very object upstream
+    assert redacted["messages"][1]["content"][0]["text"] == f"Email {EMAIL_MASK} the summary"
+    assert redacted["messages"][1]["content"][1] == original["messages"][1]["content"][1]
+    assert redacted["temperature"] == 0.2 and redacted["messages"][0] == original["messages"][0]
+
+    response = {"data": [{"b64_json": image, "revised_prompt": f"for {EMAIL}"}],
+                "embedding_like": [{"embedding": [0.1, -0.2, 0.3]}]}
+    out = redact_pii(response, call=None, field="response_body")
+    assert out["data"][0]["b64_json"] == image
+    assert out["data"][0]["revised_prompt"] == f"for {EMAIL_MASK}"
+    assert out["embedding_like"] == response["embedding_like"]
+
+
+def test_stream_events_are_redacted_across_chunk_boundaries():
+    pieces = ["Sure, write to jane", ".doe@exam", "ple.com or call +1 415 ", "555 2671", "!"]
+    events = [json.dumps({"id": "c1", "object": "chat.completion.chunk",
+                          "choices": [{"index": 0, "delta": {"content": p}}]})
+              for p in pieces]
+    events.append(json.dumps({"id": "c1", "choices": [], "usage": {"total_tokens": 9}}))
+    out = redact_stream_events(events)
+    assert len(out) == len(events)
+    text = "".join(json.loads(e)["choices"][0]["delta"]["content"] for e in out[:-1])
+    assert text == f"Sure, write to {EMAIL_MASK} or call {PHONE_MASK}!"
+    assert out[-1] == events[-1]  # untouched events are kept byte for byte
+    assert all(json.loads(e)["id"] == "c1" for e in out)
+
+
+# -- end to end through the gateway --------------------------------------------------------------
+
+
+pytestmark_db = pytest.mark.django_db(transaction=True)
+
+
+def _prompt():
+    return (f"Hi, I'm Jane ({EMAIL}, {PHONE}). Our key {OPENAI_KEY} leaked, "
+            f"please rotate it and reply to {EMAIL}.")
+
+
+@pytestmark_db
+def test_chat_is_recorded_redacted_but_sent_as_is(http, upstream, settings):
+    settings.OPENAI_DJANGO = {**settings.OPENAI_DJANGO, "REDACT": REDACT}
+    prompt = _prompt()
+    response = http.post(f"{http.base}/chat/completions", json={
+        "model": "gpt-4o-mini",
+        "messages": [{"role": "system", "content": "Be brief."},
+                     {"role": "user", "content": prompt}],
+    })
+    assert response.status_code == 200, response.text
+    # The client got the upstream's answer unchanged (it quotes the prompt).
+    assert EMAIL in response.json()["choices"][0]["message"]["content"]
+    # The upstream received exactly what the client sent.
+    sent = upstream.requests()[-1]
+    assert sent["path"] == "/v1/chat/completions"
+    assert sent["body"]["messages"][1]["content"] == prompt
+
+    call = Call.objects.get(pk=response.headers["X-Call-Id"])
+    assert call.redacted is True
+    stored = json.dumps([call.request_body, call.response_body, call.prompt_preview,
+                         call.output_text])
+    for secret in (EMAIL, "555-2671", OPENAI_KEY):
+        assert secret not in stored
+    assert EMAIL_MASK in call.request_body["messages"][1]["content"]
+    assert PHONE_MASK in call.prompt_preview and SECRET_MASK in call.prompt_preview
+    assert EMAIL_MASK in call.output_text
+    assert call.request_body["messages"][0]["content"] == "Be brief."
+    # The REST log shows the redacted record and says so.
+    detail = http.get(f"{http.base}/calls/{call.pk}").json()
+    assert detail["redacted"] is True and EMAIL not in json.dumps(detail)
+
+
+@pytestmark_db
+def test_streamed_chat_is_recorded_redacted(http, upstream, settings):
+    settings.OPENAI_DJANGO = {**settings.OPENAI_DJANGO, "REDACT": REDACT}
+    upstream.configure(events=12)  # the quoted prompt arrives cut into many chunks
+    prompt = _prompt()
+    with http.post(f"{http.base}/chat/completions", stream=True, json={
+        "model": "gpt-4o-mini", "stream": True,
+        "messages": [{"role": "user", "content": prompt}],
+    }) as response:
+        assert response.status_code == 200
+        received = b"".join(response.iter_content(None)).decode()
+        call_id = response.headers["X-Call-Id"]
+    assert "[DONE]" in received
+    call = Call.objects.get(pk=call_id)
+    assert call.status == Call.Status.SUCCEEDED
+    assert call.redacted is True
+    stored = json.dumps([call.request_body, call.stream_events, call.output_text])
+    for secret in (EMAIL, OPENAI_KEY):
+        assert secret not in stored
+    client_text = "".join(
+        (json.loads(line[6:])["choices"] or [{}])[0].get("delta", {}).get("content") or ""
+        for line in received.splitlines()
+        if line.startswith("data: {"))
+    assert EMAIL in client_text  # the client's stream was not touched
+
+
+@pytestmark_db
+def test_a_custom_hook_sees_each_field_with_the_call(http, upstream, settings):
+    settings.OPENAI_DJANGO = {**settings.OPENAI_DJANGO,
+                              "REDACT": "tests.test_redaction.upper_hook"}
+    seen.clear()
+    response = http.post(f"{http.base}/completions",
+                         json={"model": "gpt-3.5-turbo-instruct", "prompt": "hello there"})
+    assert response.status_code == 200
+    call = Call.objects.get(pk=response.headers["X-Call-Id"])
+    assert {"request_body", "prompt", "response_body", "output_text"} <= set(seen)
+    assert all(op == "createCompletion" for op in seen.values())
+    assert call.request_body["prompt"] == "HELLO THERE"
+    assert call.prompt_preview == "HELLO THERE"
+    assert upstream.requests()[-1]["body"]["prompt"] == "hello there"
+
+
+seen = {}
+
+
+def upper_hook(value, *, call, field):
+    """A site's own hook: upper-cases every string (and proves the call is passed)."""
+    seen[field] = call.operation
+
+    def walk(v):
+        if isinstance(v, str):
+            return v.upper()
+        if isinstance(v, dict):
+            return {k: (v2 if k in ("id", "object", "model") else walk(v2)) for k, v2 in v.items()}
+        if isinstance(v, list):
+            return [walk(x) for x in v]
+        return v
+    return walk(value)
+
+
+# -- metadata only ---------------------------------------------------------------------------------
+
+
+def _assert_no_bodies(call):
+    assert call.metadata_only is True
+    assert call.request_body is None and call.response_body is None
+    assert call.prompt_preview == "" and call.output_text == "" and call.response_text == ""
+    assert call.stream_events is None and call.payload is None
+
+
+@pytestmark_db
+def test_metadata_only_operation_keeps_no_bodies(http, upstream, settings):
+    settings.OPENAI_DJANGO = {**settings.OPENAI_DJANGO,
+                              "METADATA_ONLY_OPERATIONS": ["createChatCompletion"]}
+    response = http.post(f"{http.base}/chat/completions", json={
+        "model": "gpt-4o-mini", "messages": [{"role": "user", "content": _prompt()}]})
+    assert response.status_code == 200
+    call = Call.objects.get(pk=response.headers["X-Call-Id"])
+    _assert_no_bodies(call)
+    # Metadata is still there: usage, status, model, timings.
+    assert call.status == Call.Status.SUCCEEDED and call.model == "gpt-4o-mini"
+    assert call.total_tokens and call.latency_ms is not None
+    assert upstream.requests()[-1]["body"]["messages"][0]["content"] == _prompt()
+    # Another operation is still recorded in full.
+    response = http.post(f"{http.base}/embeddings",
+                         json={"model": "text-embedding-3-small", "input": "hello"})
+    other = Call.objects.get(pk=response.headers["X-Call-Id"])
+    assert other.metadata_only is False and other.request_body["input"] == "hello"
+
+
+@pytestmark_db
+def test_metadata_only_key_keeps_no_bodies_nor_artifacts(live_server, upstream, media_root,
+                                                          user):
+    import requests
+
+    key, raw = APIKey.generate(user, name="private", metadata_only=True)
+    session = requests.Session()
+    session.headers["Authorization"] = f"Bearer {raw}"
+    base = live_server.url + "/v1"
+    response = session.post(f"{base}/images/generations", json={
+        "prompt": f"a portrait of {EMAIL}", "response_format": "b64_json"})
+    assert response.status_code == 200
+    assert response.json()["data"][0]["b64_json"]
+    call = Call.objects.get(pk=response.headers["X-Call-Id"])
+    _assert_no_bodies(call)
+    assert call.api_key_id == key.pk
+    assert not Artifact.objects.filter(call=call).exists()
+    response = session.post(f"{base}/audio/transcriptions",
+                            files={"file": ("voice.mp3", b"ID3" + b"\0" * 2000, "audio/mpeg")},
+                            data={"model": "whisper-1"})
+    assert response.status_code == 200, response.text
+    call = Call.objects.get(pk=response.headers["X-Call-Id"])
+    _assert_no_bodies(call)
+    assert not Artifact.objects.filter(call=call).exists()
+    assert not any(media_root.rglob("*.mp3")) if media_root.exists() else True
+    session.close()
