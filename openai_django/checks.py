@@ -148,13 +148,15 @@ def _check_artifact_urls():
         id="openai_django.W006")]
 
 
-def _check_databases():
+def _check_databases(databases=None):
     errors = []
-    for alias, database in getattr(settings, "DATABASES", {}).items():
+    if databases is None:
+        databases = getattr(settings, "DATABASES", {})
+    for alias, database in databases.items():
         if "postgresql" not in database.get("ENGINE", ""):
             continue
         pooled = bool((database.get("OPTIONS") or {}).get("pool"))
-        if not pooled and not database.get("CONN_MAX_AGE"):
+        if not pooled and database.get("CONN_MAX_AGE", 0) == 0:
             errors.append(checks.Warning(
                 f"DATABASES[{alias!r}] opens a new PostgreSQL connection for every request "
                 f"(CONN_MAX_AGE is 0): about 8 ms added to each call.",
