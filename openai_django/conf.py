@@ -63,6 +63,10 @@ DEFAULTS = {
     "IMAGE_URL_VERIFY": True,
     "IMAGE_URL_TIMEOUT": 30.0,
     "IMAGE_URL_MAX_BYTES": 20 * MB,
+    # Whether calls are recorded at all. ``False`` skips every write of a call (no row, no
+    # artifacts; ``X-Call-Id`` still carries a fresh id that matches no row): the benchmark's
+    # "recording off" baseline, and a kill switch for a site that only wants the proxy.
+    "RECORD": True,
     # What to record. Operations listed in METADATA_ONLY_OPERATIONS keep no bodies/artifacts.
     "RECORD_BODIES": True,
     "RECORD_STREAM_EVENTS": True,

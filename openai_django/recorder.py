@@ -86,6 +86,8 @@ def _file_role(operation_id, field):
 def start(invocation, *, status=Call.Status.RUNNING, keep_payload=False):
     """Write the call (and its input artifacts) before anything is sent upstream."""
     op = invocation.operation
+    if not app_settings.RECORD:
+        return _unrecorded(invocation, status)
     bodies = records_bodies(op.id, invocation.api_key)
     now = timezone.now()
     call = Call(
@@ -126,6 +128,29 @@ def start(invocation, *, status=Call.Status.RUNNING, keep_payload=False):
                               field=upload.field, index=upload.index)
     else:
         call.save(force_insert=True)
+    return call
+
+
+def _unrecorded(invocation, status):
+    """``RECORD = False``: an unsaved call that only lends its fresh id to ``X-Call-Id``.
+
+    Nothing about it is written, now or when it ends (no row, no artifacts, no signal), so a
+    benchmark's "recording off" server does the same auth, validation and forwarding with
+    none of the recording work.
+    """
+    op = invocation.operation
+    call = Call(operation=op.id, method=op.method, status=status, mode=invocation.mode,
+                source=invocation.source, stream=invocation.stream, user=invocation.user)
+    call.unrecorded = True
+    return call
+
+
+def _end_unrecorded(call, response, outcome, ok=True):
+    call.response_status = response.status if response is not None else call.response_status
+    if outcome is None:
+        outcome = Call.Outcome.OK if ok else Call.Outcome.UPSTREAM_ERROR
+    call.outcome = outcome
+    call.status = Call.Status.SUCCEEDED if outcome == Call.Outcome.OK else Call.Status.FAILED
     return call
 
 
@@ -230,6 +255,8 @@ def finish(call, response, *, started=None, outcome=None, events=None, stream_do
     """Record the upstream's answer (any status) and its output artifacts."""
     from openai_django.pricing import estimate_cost
 
+    if getattr(call, "unrecorded", False):
+        return _end_unrecorded(call, response, outcome, 200 <= response.status < 300)
     bodies = not call.metadata_only
     call.response_status = response.status
     call.response_headers = _recorded_headers(response.headers)
@@ -371,6 +398,8 @@ def fail(call, exc, *, started=None, outcome=None, response=None, events=None,
     """Finish a call that got no usable answer (unreachable, timeout, broken stream...)."""
     from openai_django.errors import OpenAIDjangoError, UpstreamTimeout
 
+    if getattr(call, "unrecorded", False):
+        return _end_unrecorded(call, response, outcome or Call.Outcome.ERROR)
     if outcome is None:
         outcome = Call.Outcome.TIMEOUT if isinstance(exc, UpstreamTimeout) else (
             Call.Outcome.UNREACHABLE if isinstance(exc, OpenAIDjangoError)
@@ -410,6 +439,8 @@ def reject(invocation, exc):
     Only callers whose key was accepted are recorded; nothing was sent upstream.
     """
     op = invocation.operation
+    if not app_settings.RECORD:
+        return _unrecorded(invocation, Call.Status.FAILED)
     bodies = records_bodies(op.id, invocation.api_key)
     now = timezone.now()
     body = invocation.body if isinstance(invocation.body, (dict, list)) else None

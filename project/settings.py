@@ -166,6 +166,11 @@ OPENAI_DJANGO = {
     "BASE_URL": os.environ.get("OPENAI_BASE_URL", "https://api.openai.com/v1"),
     "API_KEY": os.environ.get("OPENAI_API_KEY") or None,
     "STORAGE": OPENAI_DJANGO_STORAGE_ALIAS,
+    # OPENAI_DJANGO_RECORD=0 serves the same API without writing calls (benchmark baseline).
+    "RECORD": env_bool("OPENAI_DJANGO_RECORD", True),
+    # Prompts are forgotten after 30 days, usage after a year: keeping them forever should be
+    # a decision a site takes, not a default it inherits (check openai_django.W005).
+    "RETENTION": {"bodies": 30, "artifacts": 30, "metadata": 365},
 }
 OPENAI_DJANGO_STANDIN = env_bool("OPENAI_DJANGO_STANDIN", False)
 

@@ -1,0 +1,401 @@
+"""The processes a benchmark runs against: a database, the stand-in upstream, gateway servers.
+
+Everything listens on 127.0.0.1 on ports picked here (never 5432, 6379 or 4010), lives under one
+temporary folder, and is stopped by the process id (or process group) this module started, so a
+benchmark never touches another engineer's servers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from openai_django.testing import StandinServer
+
+log = logging.getLogger("bench.harness")
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
+UPSTREAM_KEY = "sk-bench-upstream"
+_NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def raise_fd_limit(target=65536):
+    """Thousands of concurrent streams need thousands of sockets, in this process and in the
+    servers it starts (they inherit the limit)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = min(target, hard) if hard != resource.RLIM_INFINITY else target
+    if soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_http(url, timeout=30.0, proc=None):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode} before answering {url}")
+        try:
+            with _NO_PROXY.open(url, timeout=2) as response:
+                if response.status < 500:
+                    return
+        except urllib.error.HTTPError as exc:
+            if exc.code < 500:
+                return
+            last = exc
+        except OSError as exc:
+            last = exc
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} did not answer within {timeout}s: {last}")
+
+
+def tree_rss_kb(pid):
+    """Resident memory of a process and all its descendants, in KiB (from /proc)."""
+    children = {}
+    rss = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                stat = fh.read()
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/statm") as fh:
+                pages = int(fh.read().split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+        rss[int(entry)] = pages * (os.sysconf("SC_PAGE_SIZE") // 1024)
+    total, todo = 0, [pid]
+    while todo:
+        current = todo.pop()
+        total += rss.get(current, 0)
+        todo.extend(children.get(current, ()))
+    return total
+
+
+def tree_cpu_seconds(pid):
+    """CPU time (user + system) of a process and its live descendants, in seconds."""
+    tick = os.sysconf("SC_CLK_TCK")
+    children, cpu = {}, {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(entry))
+        cpu[int(entry)] = (int(fields[11]) + int(fields[12])) / tick
+    total, todo = 0.0, [pid]
+    while todo:
+        current = todo.pop()
+        total += cpu.get(current, 0.0)
+        todo.extend(children.get(current, ()))
+    return total
+
+
+@dataclass
+class Database:
+    """Where the gateway records: ``url`` is a ``DATABASE_URL``."""
+
+    kind: str  # "sqlite" or "postgres"
+    url: str
+    stop: object = None  # callable that stops a cluster this run started, or None
+
+
+@dataclass
+class Server:
+    """One gateway server process (a process group of its own)."""
+
+    name: str
+    cmd: list
+    env: dict
+    port: int
+    proc: subprocess.Popen = None
+    log_path: str = ""
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, workdir, timeout=60.0):
+        self.log_path = os.path.join(workdir, f"{self.name}.log")
+        with open(self.log_path, "wb") as log_file:
+            self.proc = subprocess.Popen(
+                self.cmd, cwd=str(ROOT), env=self.env, stdin=subprocess.DEVNULL,
+                stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        try:
+            wait_http(self.url + "/v1/openapi.yaml", timeout=timeout, proc=self.proc)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def rss_kb(self):
+        return tree_rss_kb(self.proc.pid) if self.proc else 0
+
+    def cpu_seconds(self):
+        return tree_cpu_seconds(self.proc.pid) if self.proc else 0.0
+
+    def log_tail(self, size=3000):
+        with contextlib.suppress(OSError), open(self.log_path, "rb") as fh:
+            return fh.read()[-size:].decode("utf-8", "replace")
+        return ""
+
+    def stop(self, timeout=10.0):
+        """Stop exactly the process group this object started (SIGTERM, then SIGKILL)."""
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout)
+
+
+# How each serving configuration is started. ``{threads}`` is per worker.
+SERVER_COMMANDS = {
+    "granian-wsgi": lambda port, workers, threads: [
+        str(VENV_BIN / "granian"), "--interface", "wsgi", "--host", "127.0.0.1",
+        "--port", str(port), "--workers", str(workers), "--blocking-threads", str(threads),
+        "--backpressure", str(max(threads, 64)), "--backlog", "4096", "--no-ws",
+        "--log-level", "warning", "project.wsgi:application",
+    ],
+    "granian-asgi": lambda port, workers, threads: [
+        str(VENV_BIN / "granian"), "--interface", "asgi", "--host", "127.0.0.1",
+        "--port", str(port), "--workers", str(workers), "--blocking-threads", "1",
+        "--backlog", "4096", "--no-ws", "--log-level", "warning", "project.asgi:application",
+    ],
+    "gunicorn-gthread": lambda port, workers, threads: [
+        str(VENV_BIN / "gunicorn"), "--bind", f"127.0.0.1:{port}", "--workers", str(workers),
+        "--worker-class", "gthread", "--threads", str(threads), "--backlog", "4096",
+        "--worker-connections", str(max(1000, threads * 2)), "--keep-alive", "75",
+        "--log-level", "warning", "project.wsgi:application",
+    ],
+}
+
+
+class Harness:
+    """Owns the temporary folder, the database, the stand-in upstream and the gateways."""
+
+    def __init__(self, *, keep=False):
+        self.workdir = tempfile.mkdtemp(prefix="openai-django-bench-")
+        self.keep = keep
+        self.upstream = None
+        self.servers = []
+        self.databases = []
+        self.client_key = None
+
+    # -- upstream -------------------------------------------------------------------------
+
+    def start_upstream(self):
+        self.upstream = StandinServer(fast=True, log_level="warning")
+        self.upstream.start()
+        log.info("stand-in upstream at %s (pid %s)", self.upstream.base, self.upstream.pid)
+        return self.upstream
+
+    def configure_upstream(self, **knobs):
+        self.upstream.configure(**knobs)
+
+    # -- databases ------------------------------------------------------------------------
+
+    def sqlite(self, name="bench"):
+        path = os.path.join(self.workdir, f"{name}.sqlite3")
+        db = Database("sqlite", f"sqlite:///{path}")
+        self.prepare(db)
+        self.databases.append(db)
+        return db
+
+    def postgres(self):
+        """A PostgreSQL database: the project's private service if it runs (``scripts/services
+        env``), else a throwaway cluster of this run's own under the temporary folder."""
+        url = os.environ.get("BENCH_PG_URL") or self._services_pg_url()
+        stop = None
+        if not url:
+            url, stop = self._own_cluster()
+        if not url:
+            return None
+        db = Database("postgres", url, stop)
+        try:
+            self.prepare(db)
+        except Exception:
+            if stop:
+                stop()
+            raise
+        self.databases.append(db)
+        return db
+
+    def _services_pg_url(self):
+        script = ROOT / "scripts" / "services"
+        if not script.exists():
+            return None
+        try:
+            status = subprocess.run([str(script), "status"], cwd=ROOT, capture_output=True,
+                                    text=True, timeout=20)
+            if "pg" not in status.stdout or "down" in _line(status.stdout, "pg"):
+                return None
+            out = subprocess.run([str(script), "env"], cwd=ROOT, capture_output=True,
+                                 text=True, timeout=20).stdout
+        except (OSError, subprocess.SubprocessError):
+            return None
+        for line in out.splitlines():
+            line = line.removeprefix("export ").strip()
+            if line.startswith("PG_DATABASE_URL="):
+                base = line.split("=", 1)[1].strip("'\"")
+                return self._fresh_pg_database(base)
+        return None
+
+    def _fresh_pg_database(self, base_url):
+        """A database of this run's own on a shared cluster, dropped at the end."""
+        import psycopg
+
+        name = f"bench_{os.getpid()}"
+        admin = base_url
+        try:
+            with psycopg.connect(admin, autocommit=True, connect_timeout=5) as conn:
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+                conn.execute(f'CREATE DATABASE "{name}"')
+        except Exception as exc:  # noqa: BLE001 - no PostgreSQL is not an error for the bench
+            log.warning("PostgreSQL at %s not usable: %s", base_url, exc)
+            return None
+        self._drop_pg = (admin, name)
+        return base_url.rsplit("/", 1)[0] + "/" + name
+
+    def _own_cluster(self):
+        bins = sorted(Path("/usr/lib/postgresql").glob("*/bin"))
+        if not bins or shutil.which("runuser") is None:
+            return None, None
+        bindir = bins[-1]
+        data = os.path.join(self.workdir, "pgdata")
+        port = free_port()
+        os.makedirs(data, exist_ok=True)
+        shutil.chown(self.workdir, "postgres")
+        shutil.chown(data, "postgres")
+        run = ["runuser", "-u", "postgres", "--"]
+        subprocess.run(run + [str(bindir / "initdb"), "-D", data, "-A", "trust", "-U",
+                              "postgres", "--no-sync"], check=True, capture_output=True)
+        with open(os.path.join(data, "postgresql.conf"), "a") as fh:
+            fh.write(f"port = {port}\nlisten_addresses = '127.0.0.1'\nfsync = on\n"
+                     f"unix_socket_directories = '{data}'\nmax_connections = 300\n"
+                     f"shared_buffers = 256MB\n")
+        subprocess.run(run + [str(bindir / "pg_ctl"), "-D", data, "-w", "-l",
+                              os.path.join(data, "log"), "start"], check=True,
+                       capture_output=True)
+
+        def stop():
+            subprocess.run(run + [str(bindir / "pg_ctl"), "-D", data, "-m", "fast", "-w",
+                                  "stop"], capture_output=True)
+
+        return f"postgres://postgres@127.0.0.1:{port}/postgres", stop
+
+    def prepare(self, db):
+        """Migrate the database and issue the client key the load generators use."""
+        env = self.django_env(db)
+        out = subprocess.run([sys.executable, "-m", "bench.prepare_db"], cwd=ROOT, env=env,
+                             capture_output=True, text=True, timeout=300)
+        if out.returncode != 0:
+            raise RuntimeError(f"preparing {db.kind} failed:\n{out.stderr[-3000:]}")
+        key = out.stdout.strip().splitlines()[-1]
+        if self.client_key is None:
+            self.client_key = key
+        elif key != self.client_key:
+            raise RuntimeError("bench.prepare_db issued a different key")
+
+    def django_env(self, db, **extra):
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "OPENAI_"))}
+        env.update({
+            "DJANGO_SETTINGS_MODULE": "project.settings",
+            "DATABASE_URL": db.url,
+            "DJANGO_DEBUG": "0",
+            "DJANGO_ALLOWED_HOSTS": "127.0.0.1,localhost",
+            "DJANGO_VAR_DIR": self.workdir,
+            "DJANGO_MEDIA_ROOT": os.path.join(self.workdir, "media"),
+            "LOG_LEVEL": "WARNING",
+            "PYTHONPATH": str(ROOT),
+            "BENCH_CLIENT_KEY": "sk-od-bench-" + "k" * 40,
+        })
+        if self.upstream is not None:
+            env["OPENAI_BASE_URL"] = self.upstream.url
+            env["OPENAI_API_KEY"] = UPSTREAM_KEY
+        env.update({k: str(v) for k, v in extra.items()})
+        return env
+
+    # -- gateways -------------------------------------------------------------------------
+
+    def start_gateway(self, db, *, server="granian-wsgi", workers=2, threads=8, record=True,
+                      name=None, env=None):
+        port = free_port()
+        name = name or f"{server}-{db.kind}-{'rec' if record else 'norec'}-{port}"
+        extra = {"OPENAI_DJANGO_RECORD": "1" if record else "0", **(env or {})}
+        gateway = Server(name=name, cmd=SERVER_COMMANDS[server](port, workers, threads),
+                         env=self.django_env(db, **extra), port=port)
+        gateway.extra = {"server": server, "workers": workers, "threads": threads,
+                         "record": record, "db": db.kind}
+        gateway.start(self.workdir)
+        self.servers.append(gateway)
+        log.info("gateway %s at %s", name, gateway.url)
+        return gateway
+
+    def stop_gateway(self, gateway):
+        gateway.stop()
+        if gateway in self.servers:
+            self.servers.remove(gateway)
+
+    def close(self):
+        for gateway in list(self.servers):
+            gateway.stop()
+        self.servers.clear()
+        if self.upstream is not None:
+            self.upstream.stop()
+            self.upstream = None
+        drop = getattr(self, "_drop_pg", None)
+        if drop:
+            import psycopg
+
+            with contextlib.suppress(Exception), psycopg.connect(drop[0], autocommit=True) as c:
+                c.execute(f'DROP DATABASE IF EXISTS "{drop[1]}" WITH (FORCE)')
+        for db in self.databases:
+            if db.stop:
+                db.stop()
+        if not self.keep:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _line(text, prefix):
+    for line in text.splitlines():
+        if line.strip().startswith(prefix):
+            return line
+    return ""

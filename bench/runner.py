@@ -1,0 +1,336 @@
+"""``python -m bench``: run every scenario, print the table, write ``bench/results/latest.json``.
+
+One command measures the gateway against the stand-in upstream called directly, side by side in
+one run, on this machine: see ``bench/README.md`` for what each figure means and
+``docs/performance.md`` for the published table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import logging
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+from bench import scenarios
+from bench.harness import ROOT, Harness, raise_fd_limit
+
+log = logging.getLogger("bench")
+
+ALL = ["latency", "throughput", "streaming", "slow_streams", "large_bodies", "databases",
+       "celery", "admin", "serving"]
+QUICK = ["latency", "throughput", "streaming", "slow_streams", "large_bodies"]
+
+# (scenario, figure key path, comparison, target, label). Lower-is-better unless ">=".
+TARGETS = [
+    ("latency", "added_p50_ms", "<=", 1.0, "added latency p50, c=1 (ms)"),
+    ("latency", "added_p99_ms", "<=", 5.0, "added latency p99, c=1 (ms)"),
+    ("throughput", "recorded_rps", ">=", 1500, "throughput, whole machine, recording on (req/s)"),
+    ("throughput", "recorded_vs_unrecorded", ">=", 0.8, "recorded / unrecorded throughput"),
+    ("streaming", "ttfe_added_p50_ms", "<=", 2.0, "stream time to first event, added p50 (ms)"),
+    ("streaming", "gap_gateway_dev_p99_ms", "<=", 2.0,
+     "event gap deviation p99 at client, upstream 20 ms (ms)"),
+    ("streaming", "coalesced_gateway", "<=", 0, "coalesced events (gap < 5 ms)"),
+    ("slow_streams", "largest_zero_error_streams", ">=", 1000,
+     "concurrent 10 s streams with zero errors"),
+    ("admin", "first_page_ms", "<=", 200, "admin call list, 1M calls, first page (ms)"),
+]
+
+
+def machine():
+    cpu = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+        mem_kb = next(int(x.split()[1]) for x in Path("/proc/meminfo").read_text().splitlines()
+                      if x.startswith("MemTotal"))
+    except (OSError, StopIteration, ValueError):
+        mem_kb = 0
+    versions = {}
+    for name in ("django", "rest_framework", "granian", "gunicorn", "orjson", "urllib3"):
+        try:
+            versions[name] = __import__(name).__version__
+        except (ImportError, AttributeError):
+            pass
+    return {"cpus": os.cpu_count(), "cpu": cpu, "memory_gb": round(mem_kb / 1024 / 1024, 1),
+            "kernel": platform.release(), "python": platform.python_version(),
+            "versions": versions}
+
+
+def loadavg():
+    try:
+        return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
+    except OSError:
+        return None
+
+
+def dig(data, scenario, key):
+    value = data.get(scenario)
+    if not isinstance(value, dict):
+        return None
+    return value.get(key)
+
+
+def verdicts(results):
+    rows = []
+    for scenario, key, op, target, label in TARGETS:
+        value = dig(results, scenario, key)
+        if value is None:
+            rows.append({"target": label, "goal": f"{op} {target}", "measured": None,
+                         "met": None})
+            continue
+        met = value >= target if op == ">=" else value <= target
+        if met:
+            miss = None
+        elif op == ">=":
+            miss = f"short by {target - value:g}" if isinstance(value, (int, float)) else None
+        else:
+            miss = f"over by {value - target:g}"
+        rows.append({"target": label, "goal": f"{op} {target}", "measured": value, "met": met,
+                     "miss": miss})
+    return rows
+
+
+def fmt(value):
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.3f}" if abs(value) < 10 else f"{value:,.1f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def table(results):
+    """The human table: every figure, then every target with its verdict."""
+    lines = []
+    s = {k: v for k, v in results["scenarios"].items() if "error" not in v}
+
+    def row(scenario, figure, gateway, direct=None, added=None):
+        lines.append(f"| {scenario} | {figure} | {fmt(gateway)} | {fmt(direct)} | {fmt(added)} |")
+
+    lines.append("| scenario | figure | gateway | direct / reference | added / ratio |")
+    lines.append("|---|---|---|---|---|")
+    if "latency" in s:
+        x = s["latency"]
+        row("1 latency c=1", "p50 (ms)", x["gateway_p50_ms"], x["direct_p50_ms"],
+            x["added_p50_ms"])
+        row("1 latency c=1", "p99 (ms)", x["gateway_p99_ms"], x["direct_p99_ms"],
+            x["added_p99_ms"])
+    if "throughput" in s:
+        x = s["throughput"]
+        row("2 throughput", f"req/s, recording on, c={x['connections']}", x["recorded_rps"],
+            x.get("direct_rps"), None)
+        if "unrecorded_rps" in x:
+            row("2 throughput", "req/s, recording off (ratio on/off)", x["unrecorded_rps"], None,
+                x.get("recorded_vs_unrecorded"))
+        row("2 throughput", "gateway CPU per request (us)",
+            x.get("recorded_cpu_us_per_request"), None, None)
+    if "streaming" in s:
+        x = s["streaming"]
+        row("3 streaming", "time to first event p50 (ms)", x["ttfe_gateway_p50_ms"],
+            x["ttfe_direct_p50_ms"], x["ttfe_added_p50_ms"])
+        row("3 streaming", f"event gap p50, upstream {fmt(x['gap_upstream_ms'])} ms",
+            x["gap_gateway_p50_ms"], x["gap_direct_p50_ms"], None)
+        row("3 streaming", "gap deviation p99 / max (ms)", x["gap_gateway_dev_p99_ms"],
+            x["gap_direct_dev_p99_ms"], x["gap_gateway_dev_max_ms"])
+        row("3 streaming", "coalesced events", x["coalesced_gateway"], x["coalesced_direct"])
+    if "slow_streams" in s:
+        x = s["slow_streams"]
+        for run in x.get("runs", []):
+            row("4 slow streams", f"{run['streams']} x {fmt(x['stream_seconds'])} s: errors, "
+                f"peak RSS MB", run["errors"], run["rss_peak_mb"], run["rss_per_stream_kb"])
+        row("4 slow streams", "largest N with zero errors", x["largest_zero_error_streams"])
+    if "large_bodies" in s:
+        for name, x in s["large_bodies"].items():
+            if not isinstance(x, dict):
+                continue
+            row("5 large bodies", f"{name} p50 (ms)", x["gateway_p50_ms"], x["direct_p50_ms"],
+                x["added_p50_ms"])
+    if "databases" in s:
+        for kind, x in s["databases"].items():
+            if isinstance(x, dict):
+                row("6 databases", f"{kind}: added p50 / p99 c=1 (ms)", x["added_p50_ms"], None,
+                    x["added_p99_ms"])
+                row("6 databases", f"{kind}: req/s", x["rps"])
+            elif kind == "skipped":
+                row("6 databases", "postgres", x)
+    for scenario, number in (("celery", 7), ("admin", 8)):
+        if scenario in s:
+            for key, value in s[scenario].items():
+                if not isinstance(value, (dict, list)):
+                    row(f"{number} {scenario}", key, value)
+    if "serving" in s:
+        for name, x in s["serving"].items():
+            if not isinstance(x, dict):
+                continue
+            row("serving", f"{name}: req/s, p50 c=1 added (ms)", x.get("rps"), None,
+                x.get("added_p50_ms"))
+    for name, x in results["scenarios"].items():
+        if "error" in x:
+            row(name, "FAILED", x["error"][:200])
+    lines.append("")
+    lines.append("| target | goal | measured | verdict |")
+    lines.append("|---|---|---|---|")
+    for v in results["targets"]:
+        verdict = "not measured" if v["met"] is None else ("met" if v["met"] else
+                                                           f"MISSED ({v.get('miss')})")
+        lines.append(f"| {v['target']} | {v['goal']} | {fmt(v['measured'])} | {verdict} |")
+    return "\n".join(lines)
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true",
+                        help="a smoke run of a few seconds per scenario (figures mean nothing)")
+    parser.add_argument("--only", help=f"comma-separated scenarios (default: all): {ALL}")
+    parser.add_argument("--server", default="granian-wsgi",
+                        choices=["granian-wsgi", "gunicorn-gthread", "granian-asgi"])
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="threads per worker (default: what docs/performance.md chose)")
+    parser.add_argument("--json", default=str(ROOT / "bench" / "results" / "latest.json"))
+    parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    parser.add_argument("--max-streams", type=int, default=None,
+                        help="largest N tried in the slow-streams scenario")
+    parser.add_argument("--admin-calls", type=int, default=1_000_000)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    return parser.parse_args(argv)
+
+
+DEFAULT_THREADS = {"granian-wsgi": 8, "gunicorn-gthread": 8, "granian-asgi": 1}
+
+
+def main(argv=None):
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    wanted = args.only.split(",") if args.only else (QUICK if args.quick else ALL)
+    unknown = set(wanted) - set(ALL)
+    if unknown:
+        sys.exit(f"unknown scenarios: {sorted(unknown)}")
+    params = scenarios.Params.quick() if args.quick else scenarios.Params()
+    if args.max_streams:
+        params.slow_stream_counts = tuple(n for n in params.slow_stream_counts
+                                          if n <= args.max_streams) or (args.max_streams,)
+    threads = args.threads or DEFAULT_THREADS[args.server]
+    fd_limit = raise_fd_limit()
+    started = time.time()
+    results = {
+        "meta": {
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "command": " ".join(["python -m bench", *(sys.argv[1:] if argv is None else argv)]),
+            "quick": args.quick, "machine": machine(), "loadavg_before": loadavg(),
+            "gateway": {"server": args.server, "workers": args.workers, "threads": threads},
+            "fd_limit": fd_limit,
+        },
+        "scenarios": {},
+    }
+    with Harness(keep=args.keep) as harness:
+        harness.start_upstream()
+        sqlite = harness.sqlite()
+        gateway = harness.start_gateway(sqlite, server=args.server, workers=args.workers,
+                                        threads=threads, name="gateway")
+        ctx = scenarios.Context(harness, gateway, params)
+        scenarios.check_contract(ctx)
+        done = results["scenarios"]
+
+        def run(name, fn):
+            if name not in wanted:
+                return
+            t0 = time.perf_counter()
+            print(f"bench: {name} ...", file=sys.stderr, flush=True)  # noqa: T201
+            try:
+                done[name] = fn()
+            except Exception as exc:  # noqa: BLE001 - one failed scenario must not hide others
+                log.exception("scenario %s failed", name)
+                done[name] = {"error": f"{type(exc).__name__}: {exc}"}
+            done.setdefault(name, {})
+            if isinstance(done[name], dict):
+                done[name]["scenario_seconds"] = round(time.perf_counter() - t0, 1)
+
+        run("latency", lambda: scenarios.latency(ctx))
+
+        def tput():
+            off = harness.start_gateway(sqlite, server=args.server, workers=args.workers,
+                                        threads=threads, record=False, name="gateway-norec")
+            try:
+                scenarios.check_contract(ctx, off)
+                return scenarios.throughput(ctx, unrecorded=off)
+            finally:
+                harness.stop_gateway(off)
+
+        run("throughput", tput)
+        run("streaming", lambda: scenarios.streaming(ctx))
+        run("slow_streams", lambda: scenarios.slow_streams(ctx))
+        run("large_bodies", lambda: scenarios.large_bodies(ctx))
+
+        def dbs():
+            pg = harness.postgres()
+            if pg is None:
+                return {"skipped": "no PostgreSQL (scripts/services start pg, or BENCH_PG_URL)"}
+            pg_gateway = harness.start_gateway(pg, server=args.server, workers=args.workers,
+                                               threads=threads, name="gateway-pg")
+            try:
+                scenarios.check_contract(ctx, pg_gateway)
+                return scenarios.databases(ctx, {"sqlite": gateway, "postgres": pg_gateway})
+            finally:
+                harness.stop_gateway(pg_gateway)
+
+        run("databases", dbs)
+        run("celery", lambda: scenarios.external(ctx, "celery_bench", sqlite,
+                                                 ["--quick"] if args.quick else []))
+
+        def admin():
+            seeded = scenarios.external(ctx, "seed", sqlite, ["--calls", str(args.admin_calls)])
+            if "skipped" in seeded or "error" in seeded:
+                return seeded
+            return scenarios.external(ctx, "admin_bench", sqlite)
+
+        run("admin", admin)
+
+        def serving():
+            out = {}
+            harness.stop_gateway(gateway)
+            for server, workers, threads_ in (("granian-wsgi", 2, threads),
+                                              ("gunicorn-gthread", 2, threads),
+                                              ("granian-asgi", 2, 1)):
+                name = f"{server} {workers}x{threads_}"
+                g = harness.start_gateway(sqlite, server=server, workers=workers,
+                                          threads=threads_, name=server)
+                try:
+                    scenarios.check_contract(ctx, g)
+                    lat = scenarios.latency(ctx, g, name=server)
+                    tp = scenarios.throughput(scenarios.Context(harness, g, params))
+                    out[name] = {"rps": tp["recorded_rps"], "added_p50_ms": lat["added_p50_ms"],
+                                 "added_p99_ms": lat["added_p99_ms"],
+                                 "errors": tp["recorded_errors"] + lat["errors"]}
+                finally:
+                    harness.stop_gateway(g)
+            return out
+
+        run("serving", serving)
+
+    results["meta"]["loadavg_after"] = loadavg()
+    results["meta"]["seconds"] = round(time.time() - started, 1)
+    results["targets"] = verdicts(results["scenarios"])
+    text = table(results)
+    results["table"] = text
+    out = Path(args.json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2, default=str))
+    print(text)  # noqa: T201 - the runner's output is its table
+    print(f"\nwritten to {out}; load average before {results['meta']['loadavg_before']}, "  # noqa: T201
+          f"after {results['meta']['loadavg_after']}")
+    return results
+
+
+if __name__ == "__main__":
+    main()

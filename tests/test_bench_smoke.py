@@ -1,0 +1,66 @@
+"""The benchmark suite works: ``python -m bench --quick`` runs end to end and writes its JSON;
+and ``RECORD = False``, the suite's "recording off" baseline, really records nothing."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import requests
+
+from openai_django.models import Call
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.skipif(not os.path.exists("/usr/bin/wrk"), reason="wrk is not installed")
+def test_quick_bench_runs_and_writes_its_table(tmp_path):
+    out = tmp_path / "latest.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "DATABASE_"))}
+    result = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--only", "latency,streaming",
+         "--json", str(out)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    data = json.loads(out.read_text())
+    latency = data["scenarios"]["latency"]
+    # Both sides were measured and every request was answered.
+    assert latency["errors"] == 0 and latency["requests"] > 0
+    assert latency["gateway_p50_ms"] > 0 and latency["direct_p50_ms"] > 0
+    streaming = data["scenarios"]["streaming"]
+    assert streaming["errors"] == 0 and streaming["gaps_measured"] > 0
+    assert streaming["ttfe_gateway_p50_ms"] > 0
+    # The table names every target and gives a verdict or says it was not measured.
+    assert "| added latency p50, c=1 (ms) | <= 1.0 |" in result.stdout
+    assert len(data["targets"]) >= 8
+    assert data["meta"]["gateway"]["server"] == "granian-wsgi"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_record_off_writes_no_call_but_still_answers_with_a_call_id(gateway, api_key, settings,
+                                                                     upstream):
+    settings.OPENAI_DJANGO = {**settings.OPENAI_DJANGO, "RECORD": False}
+    before = Call.objects.count()
+    response = requests.post(
+        f"{gateway}/chat/completions",
+        json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]},
+        headers={"Authorization": f"Bearer {api_key}"}, timeout=30,
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["object"] == "chat.completion"
+    assert response.headers["X-Call-Id"]
+    # A stream and a rejected request record nothing either.
+    stream = requests.post(
+        f"{gateway}/chat/completions",
+        json={"model": "gpt-4o-mini", "stream": True,
+              "messages": [{"role": "user", "content": "hi"}]},
+        headers={"Authorization": f"Bearer {api_key}"}, timeout=30,
+    )
+    assert stream.status_code == 200 and stream.text.rstrip().endswith("data: [DONE]")
+    bad = requests.post(f"{gateway}/chat/completions", json={"model": "gpt-4o-mini"},
+                        headers={"Authorization": f"Bearer {api_key}"}, timeout=30)
+    assert bad.status_code == 400 and bad.headers["X-Call-Id"]
+    assert Call.objects.count() == before
