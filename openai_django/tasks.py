@@ -1,0 +1,518 @@
+"""Background calls on Celery: queue a call, perform it on a worker, retry it, recover it.
+
+A background call is a :class:`~openai_django.models.Call` row first (written and committed by
+:func:`submit_invocation`), then a message that carries only its id and the number of the
+attempt it is for. Every move between states is a compare-and-set on the row
+(:func:`openai_django.recorder.transition`), so a message delivered twice, a sweep and a cancel
+racing each other can never make two upstream requests for the same attempt::
+
+    queued (k attempts made) --claim--> running (attempt k+1) --> succeeded | failed
+       ^   |                               |
+       |   +--cancel--> cancelled          +-- 429 / 5xx / connection error, attempts left:
+       |                                   |   back to queued, due after the backoff
+       +-----------------------------------+-- holder lost (kill -9) or stale: back to queued,
+                                               or failed with outcome "lost" (unknown)
+
+The task runs with ``acks_late`` and ``reject_on_worker_lost``, so a worker process killed in
+the middle of a call has its message redelivered; the new delivery sees the call ``running``
+under a dead process and recovers it. When the whole worker dies (or the broker cannot
+redeliver, like the filesystem broker), :func:`sweep_stale_calls` does the same for calls left
+``running`` longer than ``STALE_RUNNING_AFTER``; each worker also sends one sweep when it
+starts, which recovers at once the calls of dead processes on its own host.
+"""
+
+import logging
+import os
+import random
+import socket
+import time
+from datetime import datetime, timedelta
+from datetime import timezone as dt_timezone
+from email.utils import parsedate_to_datetime
+
+from celery import shared_task
+from celery.signals import worker_ready
+from django.db import transaction
+from django.utils import timezone
+
+from openai_django import concurrency, gateway, recorder
+from openai_django.conf import app_settings
+from openai_django.errors import Conflict, OpenAIDjangoError, UpstreamTimeout, UpstreamUnavailable
+from openai_django.models import Call
+
+logger = logging.getLogger("openai_django.tasks")
+
+HOST = socket.gethostname()
+# Statuses worth another attempt besides every 5xx (those the official SDKs retry too).
+RETRY_STATUSES = frozenset({408, 409, 429})
+# Operations that create an object upstream: when an attempt's fate is unknown (its worker was
+# lost, or it timed out after sending) it is not repeated, since it may have created one.
+UNREPEATABLE_OPERATIONS = frozenset({"createFile", "createFineTune"})
+
+# Ids of the calls this process is performing right now (a threads pool shares one pid).
+_active = set()
+
+
+class QueueUnavailable(OpenAIDjangoError):
+    status_code = 503
+    error_type = "server_error"
+    default_code = "queue_unavailable"
+    default_message = "The background task queue could not be reached; the call was not queued."
+
+
+class CallLost(OpenAIDjangoError):
+    status_code = 500
+    error_type = "server_error"
+    default_code = "call_lost"
+    default_message = ("The worker performing this call was lost (killed or crashed) and the "
+                       "call was not repeated: whether the upstream received it is unknown.")
+
+
+# -- queueing ------------------------------------------------------------------------------
+
+
+def _queue_options():
+    queue = app_settings.TASK_QUEUE
+    return {"queue": queue} if queue else {}
+
+
+def enqueue(call_id, attempt=1, countdown=None):
+    """Publish the message for one attempt of a call. The caller makes sure the row is
+    committed first (:func:`submit_invocation` does)."""
+    options = _queue_options()
+    if countdown:
+        options["countdown"] = countdown
+    perform_call.apply_async(args=(str(call_id), attempt), **options)
+
+
+def submit_invocation(invocation):
+    """Record a call as ``queued`` and have a worker perform it; returns the :class:`Call`.
+
+    The message is published only once the row is committed: at once outside a transaction,
+    on commit inside one (so a worker never looks for a row it cannot see yet, and a rolled
+    back request queues nothing). Multipart uploads are stored as artifacts by the recorder
+    and read back from storage by the worker.
+    """
+    invocation.mode = Call.Mode.ASYNC
+    call = recorder.start(invocation, status=Call.Status.QUEUED, keep_payload=True)
+    if transaction.get_connection().in_atomic_block:
+        transaction.on_commit(lambda: _publish_first(call, raise_errors=False))
+    else:
+        _publish_first(call, raise_errors=True)
+    return call
+
+
+def _publish_first(call, *, raise_errors):
+    try:
+        enqueue(call.pk, 1)
+    except Exception as exc:  # noqa: BLE001 - any broker failure: the record must say so
+        logger.exception("Could not queue call %s", call.pk)
+        error = QueueUnavailable()
+        recorder.fail(call, error, outcome=Call.Outcome.ERROR)
+        if raise_errors:
+            error.call = call
+            raise error from exc
+
+
+def replay(call_id, overrides=None, user=None):
+    """Queue a new call that repeats a recorded one (``overrides`` merged into its body),
+    linked to it by ``replay_of``; returns the new, queued :class:`Call`."""
+    original = Call.objects.get(pk=call_id)
+    invocation = gateway.invocation_from_call(
+        original, overrides=overrides, mode=Call.Mode.ASYNC, source=Call.Source.REPLAY,
+        replay_of=original, user=user,
+    )
+    return submit_invocation(invocation)
+
+
+def cancel(call):
+    """Cancel a call that is still queued (waiting for a worker, a slot or a retry).
+
+    Returns ``False`` if it is already running or finished: a call the upstream may be
+    answering cannot be taken back.
+    """
+    if not recorder.transition(call, {"status": Call.Status.QUEUED},
+                               status=Call.Status.CANCELLED, outcome=Call.Outcome.CANCELLED):
+        return False
+    error = Conflict("The call was cancelled before it was sent upstream.",
+                     code="call_cancelled")
+    recorder.fail(call, error, outcome=Call.Outcome.CANCELLED)
+    return True
+
+
+def send_callback(call):
+    """Send the call's ``callback`` task its id, once the finished row is committed."""
+    name = call.callback
+    call_id = str(call.pk)
+
+    def publish():
+        app = perform_call.app
+        try:
+            task = app.tasks.get(name)
+            if task is not None:
+                task.apply_async(args=(call_id,))
+            else:
+                app.send_task(name, args=(call_id,))
+        except Exception:  # noqa: BLE001 - the call itself is done and recorded
+            logger.exception("Could not send callback %s for call %s", name, call_id)
+
+    transaction.on_commit(publish)
+
+
+# -- performing ----------------------------------------------------------------------------
+
+
+@shared_task(bind=True, name="openai_django.perform_call", acks_late=True,
+             reject_on_worker_lost=True, ignore_result=True)
+def perform_call(self, call_id, attempt=1):
+    """Perform attempt number ``attempt`` of a queued call (messages carry ids, never rows)."""
+    return perform(call_id, attempt, task_id=self.request.id or "")
+
+
+def perform(call_id, attempt=1, task_id=""):
+    """The body of :func:`perform_call`; returns a word saying what it did (for logs/tests)."""
+    call = Call.objects.filter(pk=call_id).first()
+    if call is None:
+        logger.warning("Call %s does not exist (deleted?); message dropped", call_id)
+        return "missing"
+    if call.status == Call.Status.RUNNING and call.attempt_count == attempt:
+        # Redelivered: the worker that took this attempt died, or this is a duplicate.
+        holder = holder_state(call)
+        if holder != "dead":
+            logger.info("Call %s attempt %s is held by a %s worker; message dropped",
+                        call.pk, attempt, holder)
+            return "in_progress"
+        attempt = _recover_lost(call, requeue=False)
+        if attempt is None:
+            return "lost"
+    if call.status != Call.Status.QUEUED or call.attempt_count != attempt - 1:
+        logger.info("Message for attempt %s of call %s is stale (call %s after %s attempts)",
+                    attempt, call.pk, call.status, call.attempt_count)
+        return "stale"
+    try:
+        invocation = gateway.invocation_from_call(call)
+    except Exception as exc:  # noqa: BLE001 - e.g. an input file gone from storage
+        logger.exception("Call %s cannot be rebuilt", call.pk)
+        if _claim(call, attempt, task_id, None):
+            recorder.fail(call, exc, outcome=Call.Outcome.ERROR)
+        return "failed"
+    lease = concurrency.acquire(call.model)
+    if lease is None:
+        # No slot within CONCURRENCY_WAIT: step aside instead of holding the worker. This is
+        # not an attempt; the message goes back to the end of the queue.
+        enqueue(call.pk, attempt)
+        return "waiting"
+    try:
+        if not _claim(call, attempt, task_id, lease):
+            return "stale"
+        _active.add(call.pk)
+        claimed = time.monotonic()
+        try:
+            response, error = gateway.send(invocation, call), None
+        except Exception as exc:  # noqa: BLE001 - classified in _conclude
+            response, error = None, exc
+        # Stamped before the slot is given back: attempts' [started, ended] spans lie within
+        # their leases, so overlaps counted from the log never exceed the cap.
+        call.attempts[-1]["ended"] = _now_iso()
+        call.attempts[-1]["ms"] = round((time.monotonic() - claimed) * 1000, 3)
+        lease.release()
+        return _conclude(call, invocation, attempt, response, error, claimed)
+    finally:
+        lease.release()
+        _active.discard(call.pk)
+
+
+def _now_iso():
+    return timezone.now().isoformat()
+
+
+def _claim(call, attempt, task_id, lease):
+    """Take attempt ``attempt`` of a queued call (compare-and-set): writes who holds it, so a
+    redelivery can tell a dead holder from a live one."""
+    entry = {"n": attempt, "task": task_id, "host": HOST, "pid": os.getpid(),
+             "pst": _proc_start(os.getpid()), "started": _now_iso()}
+    if lease is not None and lease.held:
+        entry["leases"] = lease.tokens
+    return recorder.transition(
+        call, {"status": Call.Status.QUEUED, "attempt_count": attempt - 1},
+        status=Call.Status.RUNNING, attempt_count=attempt,
+        attempts=list(call.attempts or []) + [entry], started_at=timezone.now(),
+        task_id=(task_id or "")[:64],
+    )
+
+
+def _error_message(response):
+    try:
+        import orjson
+
+        body = orjson.loads(response.body)
+        return str(body["error"]["message"])[:300]
+    except Exception:  # noqa: BLE001 - any body: the status says enough
+        return response.body[:200].decode("utf-8", "replace")
+
+
+def _conclude(call, invocation, attempt, response, error, claimed):
+    entry = call.attempts[-1]
+    if response is not None:
+        entry["status"] = response.status
+        ok = 200 <= response.status < 300
+        entry["outcome"] = "ok" if ok else "http_error"
+        retryable = response.status in RETRY_STATUSES or response.status >= 500
+        if not ok:
+            entry["error"] = _error_message(response)
+    else:
+        timed_out = isinstance(error, UpstreamTimeout)
+        entry["outcome"] = ("timeout" if timed_out else
+                            "unreachable" if isinstance(error, UpstreamUnavailable) else "error")
+        entry["error"] = str(error)[:300]
+        retryable = isinstance(error, (UpstreamUnavailable, UpstreamTimeout)) and not (
+            timed_out and call.operation in UNREPEATABLE_OPERATIONS)
+    outcome = None
+    if retryable:
+        delay, reason = retry_plan(attempt, response)
+        if delay is not None:
+            entry["retry_in"] = round(delay, 3)
+            entry["retry_at"] = (timezone.now() + timedelta(seconds=delay)).isoformat()
+            if recorder.transition(call, {"status": Call.Status.RUNNING,
+                                          "attempt_count": attempt},
+                                   status=Call.Status.QUEUED, attempts=call.attempts):
+                logger.info("Call %s attempt %s: %s; retry in %.2fs", call.pk, attempt,
+                            entry.get("status") or entry["outcome"], delay)
+                try:
+                    enqueue(call.pk, attempt + 1, countdown=delay)
+                except Exception as exc:  # noqa: BLE001 - recorded: nothing will retry it
+                    logger.exception("Could not queue the retry of call %s", call.pk)
+                    recorder.fail(call, QueueUnavailable(
+                        "The retry of this call could not be queued."),
+                        outcome=Call.Outcome.ERROR)
+                    raise QueueUnavailable() from exc
+            return "retry"
+        entry["gave_up"] = reason
+        outcome = Call.Outcome.GAVE_UP
+    if (time.monotonic() - claimed) > app_settings.STALE_RUNNING_AFTER / 2 and not \
+            Call.objects.filter(pk=call.pk, status=Call.Status.RUNNING,
+                                attempt_count=attempt).exists():
+        # Ran so long that a sweep declared it lost and moved on: the record belongs to
+        # whatever happened next, not to this late answer.
+        logger.warning("Call %s attempt %s ended after it was declared lost; answer dropped",
+                       call.pk, attempt)
+        return "superseded"
+    if response is not None:
+        try:
+            recorder.finish(call, response, started=invocation.started, outcome=outcome)
+        except Exception as exc:  # noqa: BLE001 - the upstream answered: never lose that
+            logger.exception("Could not finish the record of call %s", call.pk)
+            recorder.fail(call, exc, started=invocation.started, outcome=Call.Outcome.ERROR)
+    else:
+        if not isinstance(error, OpenAIDjangoError):
+            logger.error("Call %s failed in the gateway", call.pk, exc_info=error)
+        recorder.fail(call, error, started=invocation.started, outcome=outcome)
+    return call.status
+
+
+# -- retries -------------------------------------------------------------------------------
+
+
+def backoff(attempt):
+    """Seconds to wait after failed attempt number ``attempt``: exponential, capped, and with
+    "equal jitter" (between half and all of it) so that a burst of failures spreads out."""
+    delay = min(app_settings.RETRY_BACKOFF * 2 ** (attempt - 1), app_settings.RETRY_BACKOFF_MAX)
+    if app_settings.RETRY_JITTER:
+        delay = random.uniform(delay / 2, delay)
+    return delay
+
+
+def retry_after(headers):
+    """Seconds the upstream asked to wait (``retry-after-ms``, ``retry-after`` in seconds or
+    as an HTTP date), or ``None``."""
+    value = headers.get("retry-after-ms")
+    if value:
+        try:
+            return max(0.0, float(value) / 1000)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when is None:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt_timezone.utc)
+    return max(0.0, (when - timezone.now()).total_seconds())
+
+
+def retry_plan(attempt, response):
+    """``(delay, None)`` to retry after ``delay`` seconds, or ``(None, why)`` to give up."""
+    limit = app_settings.MAX_ATTEMPTS
+    if attempt >= limit:
+        return None, f"gave up after {attempt} attempts (OPENAI_DJANGO['MAX_ATTEMPTS'] = {limit})"
+    delay = backoff(attempt)
+    after = retry_after(response.headers) if response is not None else None
+    if after is not None:
+        if after > app_settings.RETRY_BACKOFF_MAX:
+            return None, (f"the upstream asked to wait {after:g}s (Retry-After), longer than "
+                          f"OPENAI_DJANGO['RETRY_BACKOFF_MAX'] = {app_settings.RETRY_BACKOFF_MAX}s")
+        delay = max(delay, after)
+    return delay, None
+
+
+# -- recovery ------------------------------------------------------------------------------
+
+
+def _proc_stat(pid):
+    """``(state, start time)`` of a process from ``/proc``, or ``None`` if it does not exist
+    (or there is no ``/proc``)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            data = handle.read().decode("ascii", "replace")
+    except OSError:
+        return None
+    fields = data[data.rfind(")") + 2:].split()
+    return fields[0], fields[19]
+
+
+def _proc_start(pid):
+    stat = _proc_stat(pid)
+    return stat[1] if stat else None
+
+
+def _pid_alive(pid, start=None):
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    stat = _proc_stat(pid)
+    if stat is None:
+        if os.path.isdir("/proc"):
+            return False
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    state, started = stat
+    if state in ("Z", "X"):
+        return False  # killed, not yet reaped by its parent
+    return start is None or started == start  # a different start time: the pid was reused
+
+
+def holder_state(call):
+    """Whether the process that took the call's current attempt is ``"alive"``, ``"dead"``
+    or ``"unknown"`` (it ran on another host: only time tells, see the sweep)."""
+    entry = call.attempts[-1] if call.attempts else None
+    if not isinstance(entry, dict) or entry.get("host") != HOST:
+        return "unknown"
+    pid = entry.get("pid")
+    if pid == os.getpid():
+        return "alive" if call.pk in _active else "dead"
+    return "alive" if _pid_alive(pid, entry.get("pst")) else "dead"
+
+
+def _recover_lost(call, *, requeue):
+    """Deal with an attempt whose holder is gone: queue the next attempt if the operation may
+    be repeated and attempts are left (returns its number), else fail the call with outcome
+    ``lost`` (returns ``None``). ``requeue`` publishes the next attempt's message; without it
+    the caller performs it itself."""
+    attempt = call.attempt_count
+    entry = call.attempts[-1] if call.attempts else {}
+    entry["outcome"] = "lost"
+    entry["error"] = "The worker performing this attempt was lost; its outcome is unknown."
+    entry["ended"] = _now_iso()
+    concurrency.release_tokens(entry.get("leases"))
+    expected = {"status": Call.Status.RUNNING, "attempt_count": attempt}
+    repeatable = call.mode == Call.Mode.ASYNC and call.operation not in UNREPEATABLE_OPERATIONS
+    if repeatable and attempt < app_settings.MAX_ATTEMPTS:
+        if not recorder.transition(call, expected, status=Call.Status.QUEUED,
+                                   attempts=call.attempts):
+            return None
+        logger.warning("Call %s attempt %s was lost with its worker; attempt %s queued",
+                       call.pk, attempt, attempt + 1)
+        if requeue:
+            enqueue(call.pk, attempt + 1)
+        return attempt + 1
+    if repeatable:
+        entry["gave_up"] = f"gave up after {attempt} attempts (OPENAI_DJANGO['MAX_ATTEMPTS'])"
+    else:
+        entry["gave_up"] = "not repeated: this operation may have created an object upstream"
+    if not recorder.transition(call, expected, status=Call.Status.FAILED,
+                               outcome=Call.Outcome.LOST, attempts=call.attempts):
+        return None
+    logger.warning("Call %s was lost with its worker; marked lost", call.pk)
+    recorder.fail(call, CallLost(), outcome=Call.Outcome.LOST)
+    return None
+
+
+@shared_task(name="openai_django.sweep_stale_calls", ignore_result=True)
+def sweep_stale_calls():
+    """Recover calls left ``running`` by dead workers (schedule it with celery beat)."""
+    return sweep()
+
+
+def sweep():
+    """Recover every call left ``running`` by a process that is gone: at once when it ran on
+    this host and its process is dead, else once it has run longer than
+    ``STALE_RUNNING_AFTER``. Background calls are queued again (or marked lost, see
+    :func:`_recover_lost`); sync and stream calls, whose client is gone, are marked lost.
+    With ``STALE_QUEUED_AFTER`` set, queued calls that many seconds past due are queued
+    again too (their message was lost with a worker of the filesystem broker).
+    Returns counts.
+    """
+    now = timezone.now()
+    cutoff = now - timedelta(seconds=app_settings.STALE_RUNNING_AFTER)
+    counts = {"requeued": 0, "lost": 0, "requeued_queued": 0}
+    # A list, not an iterator: rows are written while we go (and running calls are few).
+    for call in list(Call.objects.filter(status=Call.Status.RUNNING).order_by("created")):
+        stale = call.started_at is None or call.started_at < cutoff
+        if call.mode == Call.Mode.ASYNC:
+            if not stale and holder_state(call) != "dead":
+                continue
+            if _recover_lost(call, requeue=True) is not None:
+                counts["requeued"] += 1
+            elif call.outcome == Call.Outcome.LOST:
+                counts["lost"] += 1
+        elif stale and recorder.transition(call, {"status": Call.Status.RUNNING},
+                                           status=Call.Status.FAILED,
+                                           outcome=Call.Outcome.LOST):
+            recorder.fail(call, CallLost("The process serving this call was lost before it "
+                                         "finished."), outcome=Call.Outcome.LOST)
+            counts["lost"] += 1
+    if app_settings.STALE_QUEUED_AFTER is not None:
+        counts["requeued_queued"] = _sweep_queued(now)
+    if any(counts.values()):
+        logger.warning("Sweep of stale calls: %s", counts)
+    return counts
+
+
+def _sweep_queued(now):
+    cutoff = now - timedelta(seconds=app_settings.STALE_QUEUED_AFTER)
+    count = 0
+    queued = Call.objects.filter(status=Call.Status.QUEUED, mode=Call.Mode.ASYNC,
+                                 created__lt=cutoff)
+    for call in queued.only("id", "created", "attempts", "attempt_count").iterator():
+        due = call.created
+        last = call.attempts[-1] if call.attempts else None
+        if isinstance(last, dict) and last.get("retry_at"):
+            due = max(due, datetime.fromisoformat(last["retry_at"]))
+        if due < cutoff:
+            enqueue(call.pk, call.attempt_count + 1)
+            count += 1
+    return count
+
+
+@worker_ready.connect(dispatch_uid="openai_django.sweep_on_worker_ready")
+def _sweep_on_worker_ready(sender=None, **kwargs):
+    """Each worker that starts sends one sweep, so calls left ``running`` by a worker killed
+    on this host are recovered as soon as a worker is back, not ``STALE_RUNNING_AFTER`` later
+    (that matters with the filesystem broker, which cannot redeliver)."""
+    try:
+        sweep_stale_calls.apply_async(**_queue_options())
+    except Exception:  # noqa: BLE001 - the periodic sweep will do it
+        logger.exception("Could not send the start-up sweep")
