@@ -115,6 +115,28 @@ class UpstreamTimeout(OpenAIDjangoError):
     default_message = "The upstream API did not answer in time."
 
 
+class UpstreamStatusError(OpenAIDjangoError):
+    """The upstream answered an error status. Raised by the Python API (over HTTP the answer
+    passes through as it is); status, type, code and message are the upstream's own."""
+
+    error_type = "upstream_error"
+
+    @classmethod
+    def from_response(cls, status, body, *, call=None):
+        try:
+            error = orjson.loads(body).get("error")
+        except (orjson.JSONDecodeError, AttributeError):
+            error = None
+        error = error if isinstance(error, dict) else {}
+        exc = cls(error.get("message") or f"The upstream API answered HTTP {status}.",
+                  param=error.get("param"), code=error.get("code"))
+        exc.status_code = status
+        exc.error_type = error.get("type") or cls.error_type
+        exc.upstream_body = body
+        exc.call = call
+        return exc
+
+
 def error_body(message, *, type="invalid_request_error", param=None, code=None):
     return {"error": {"message": message, "type": type, "param": param, "code": code}}
 

@@ -304,7 +304,7 @@ def invocation_from_call(call, *, overrides=None, mode=None, source=None, replay
                       file=a.file)
         for a in call.artifacts.filter(role__in=Artifact.INPUT_ROLES).order_by("field", "index")
         if a.file and not a.purged_at
-    ]
+    ] if operation.is_multipart else []  # only multipart calls have input files: no query
     if operation.file_fields and not files and operation.is_multipart:
         raise ValueError(f"Call {call.pk} has no stored input files to send again.")
     return Invocation(
@@ -315,7 +315,9 @@ def invocation_from_call(call, *, overrides=None, mode=None, source=None, replay
         api_key=api_key if api_key is not None else call.api_key,
         mode=mode or call.mode, source=source or call.source,
         replay_of_id=replay_of.pk if replay_of is not None else call.replay_of_id,
-        target=call.target if call.target_type_id else None, callback=call.callback,
+        target=call.target if call.target_type_id else None,
+        # A replay is for looking at, not for the site's "your description is ready" hooks.
+        callback=call.callback if replay_of is None else "",
     )
 
 

@@ -152,11 +152,11 @@ class OperationView(GatewayAPIView):
             existing = self.idempotent_replay(invocation)
             if existing is not None:
                 return existing
-        if invocation.mode == Call.Mode.ASYNC:
-            return self.submit(invocation)
-        elif invocation.stream:
+        if invocation.stream:  # never for a background call
             invocation.mode = Call.Mode.STREAM
         try:
+            if invocation.mode == Call.Mode.ASYNC:
+                return self.submit(invocation)
             result = gateway.run(invocation)
         except IntegrityError:
             # A concurrent request with the same Idempotency-Key won the insert.

@@ -190,6 +190,17 @@ if CELERY_BROKER_URL == "filesystem://":
     }
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
+# One message reserved per worker process: a worker that dies takes no others' calls with it,
+# and a burst spreads over every free process (see docs/background.md).
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# Recover calls left running by dead workers (`celery -A project worker -B` runs beat too).
+CELERY_BEAT_SCHEDULE = {
+    "openai-django-sweep-stale-calls": {
+        "task": "openai_django.sweep_stale_calls",
+        "schedule": 60.0,
+    },
+}
 
 LOGGING = {
     "version": 1,
