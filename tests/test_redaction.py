@@ -256,3 +256,17 @@ def test_metadata_only_key_keeps_no_bodies_nor_artifacts(live_server, upstream, 
     assert not Artifact.objects.filter(call=call).exists()
     assert not any(media_root.rglob("*.mp3")) if media_root.exists() else True
     session.close()
+
+
+@pytestmark_db
+def test_a_prompt_lengthened_by_masks_still_fits_its_column(http, upstream, settings):
+    """Masks are longer than short addresses: the preview is cut to its 300 characters (an
+    error on PostgreSQL otherwise, which enforces varchar lengths)."""
+    settings.OPENAI_DJANGO = {**settings.OPENAI_DJANGO, "REDACT": REDACT}
+    prompt = " ".join(f"u{i}@ex.io" for i in range(40))[:295]
+    response = http.post(f"{http.base}/completions",
+                         json={"model": "gpt-3.5-turbo-instruct", "prompt": prompt})
+    assert response.status_code == 200, response.text
+    call = Call.objects.get(pk=response.headers["X-Call-Id"])
+    assert len(call.prompt_preview) == 300 and call.prompt_preview.startswith(EMAIL_MASK)
+    assert "@ex.io" not in json.dumps(call.request_body)
