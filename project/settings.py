@@ -200,6 +200,8 @@ CELERY_BEAT_SCHEDULE = {
         "task": "openai_django.sweep_stale_calls",
         "schedule": 60.0,
     },
+    # Apply OPENAI_DJANGO["RETENTION"] hourly.
+    "openai-django-purge": {"task": "openai_django.retention.purge_expired", "schedule": 3600.0},
 }
 
 LOGGING = {
