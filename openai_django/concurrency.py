@@ -186,11 +186,12 @@ class DatabaseBackend:
 
     def try_acquire(self, caps, token, seconds):
         held = []
-        for key, limit in caps:
-            if not self._take(key, limit, token, seconds):
+        for index, (key, limit) in enumerate(caps):
+            row_token = f"{token}-{index}"  # tokens are unique rows: one per cap held
+            if not self._take(key, limit, row_token, seconds):
                 self.release(held)
                 return None
-            held.append((key, token))
+            held.append((key, row_token))
         return held
 
     def _take(self, key, limit, token, seconds):
