@@ -336,7 +336,9 @@ def recorded_response(call):
     content_type = call.response_content_type or "application/json"
     headers = {"X-Call-Id": str(call.pk)}
     if artifact is not None:
-        response = FileResponse(artifact.file.open("rb"), status=status,
+        from openai_django.storage import open_artifact  # streams from S3, not via memory
+
+        response = FileResponse(open_artifact(artifact), status=status,
                                 content_type=content_type)
     elif call.response_body is not None:
         response = HttpResponse(orjson.dumps(call.response_body), status=status,
