@@ -9,7 +9,8 @@ import logging
 import time
 
 import orjson
-from django.db import transaction
+from django.db import DatabaseError, connections, router, transaction
+from django.db.models import signals as model_signals
 from django.utils import timezone
 
 from openai_django import signals
@@ -26,6 +27,71 @@ AUDIO_OPERATIONS = {"createTranscription", "createTranslation"}
 INLINE_RESPONSE_MAX_BYTES = 256 * 1024
 TRANSCRIPT_FORMATS = {"srt": ("srt", "application/x-subrip"), "vtt": ("vtt", "text/vtt")}
 FILE_ROLES = {"image": Artifact.Role.IMAGE, "mask": Artifact.Role.MASK}
+
+
+_statements = {}  # (vendor, kind, fields) -> SQL
+
+
+def _statement(conn, kind, fields):
+    key = (conn.vendor, kind, fields)
+    sql = _statements.get(key)
+    if sql is None:
+        meta = Call._meta
+        quote = conn.ops.quote_name
+        columns = [meta.get_field(name).column for name in fields]
+        if kind == "insert":
+            sql = (f"INSERT INTO {quote(meta.db_table)} ({', '.join(map(quote, columns))}) "
+                   f"VALUES ({', '.join(['%s'] * len(columns))})")
+        else:
+            sql = (f"UPDATE {quote(meta.db_table)} SET "
+                   f"{', '.join(quote(c) + ' = %s' for c in columns)} "
+                   f"WHERE {quote(meta.pk.column)} = %s")
+        _statements[key] = sql
+    return sql
+
+
+_INSERT_FIELDS = None
+
+
+def _save_new(call):
+    """``call.save(force_insert=True)`` as one prepared statement.
+
+    The ORM's save rebuilds the same 45-column INSERT through its compiler on every call
+    (about 0.4 ms on the hot path); this binds the values with each field's own
+    ``get_db_prep_save`` (so JSON, UUID and datetime columns are stored exactly as the ORM
+    stores them) into SQL built once. Model signals, if a site listens to them, keep the ORM.
+    """
+    global _INSERT_FIELDS
+    if model_signals.pre_save.has_listeners(Call) or model_signals.post_save.has_listeners(Call):
+        call.save(force_insert=True)
+        return
+    if _INSERT_FIELDS is None:
+        _INSERT_FIELDS = tuple(f.name for f in Call._meta.local_concrete_fields)
+    alias = router.db_for_write(Call, instance=call)
+    conn = connections[alias]
+    fields = Call._meta.local_concrete_fields
+    params = [f.get_db_prep_save(f.pre_save(call, True), connection=conn) for f in fields]
+    with conn.cursor() as cursor:
+        cursor.execute(_statement(conn, "insert", _INSERT_FIELDS), params)
+    call._state.adding = False
+    call._state.db = alias
+
+
+def _save_fields(call, names):
+    """``call.save(update_fields=names)`` as one prepared statement (see :func:`_save_new`)."""
+    if model_signals.pre_save.has_listeners(Call) or model_signals.post_save.has_listeners(Call):
+        call.save(update_fields=names)
+        return
+    alias = call._state.db or router.db_for_write(Call, instance=call)
+    conn = connections[alias]
+    get = Call._meta.get_field
+    fields = [get(name) for name in names]
+    params = [f.get_db_prep_save(f.pre_save(call, False), connection=conn) for f in fields]
+    params.append(Call._meta.pk.get_db_prep_value(call.pk, conn))
+    with conn.cursor() as cursor:
+        cursor.execute(_statement(conn, "update", tuple(names)), params)
+        if cursor.rowcount == 0:
+            raise DatabaseError("Save with update_fields did not affect any rows.")
 
 
 def records_bodies(operation_id, api_key=None):
@@ -121,13 +187,13 @@ def start(invocation, *, status=Call.Status.RUNNING, keep_payload=False):
     has_files = bool(invocation.files) and (bodies or keep_payload)
     if has_files:
         with transaction.atomic():
-            call.save(force_insert=True)
+            _save_new(call)
             for upload in invocation.files:
                 save_artifact(call, _file_role(op.id, upload.field), upload.read(),
                               name=upload.name, content_type=upload.content_type,
                               field=upload.field, index=upload.index)
     else:
-        call.save(force_insert=True)
+        _save_new(call)
     return call
 
 
@@ -299,7 +365,7 @@ def finish(call, response, *, started=None, outcome=None, events=None, stream_do
     _timings(call, started, response)
     call.cost_usd = estimate_cost(call)
     call.payload = None
-    call.save(update_fields=_finish_fields(call))
+    _save_fields(call, _finish_fields(call))
     if bodies and ok and body is not None:
         _output_artifacts(call, body)
     _send_signal(call)
@@ -419,7 +485,7 @@ def fail(call, exc, *, started=None, outcome=None, response=None, events=None,
         else Call.Status.FAILED
     _timings(call, started, response)
     call.payload = None
-    call.save(update_fields=_finish_fields(call))
+    _save_fields(call, _finish_fields(call))
     _send_signal(call)
     return call
 
@@ -460,6 +526,6 @@ def reject(invocation, exc):
     if bodies and body is not None:
         call.request_body = redact(body, call, "request_body")
         call.prompt_preview = redact(prompt_preview(op.id, body), call, "prompt")
-    call.save(force_insert=True)
+    _save_new(call)
     _send_signal(call)
     return call
