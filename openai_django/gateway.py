@@ -5,6 +5,7 @@ and hand it here, so a call is recorded, sent and finished the same way whoever 
 """
 
 import hashlib
+import http.client
 import logging
 import time
 from contextlib import closing
@@ -248,8 +249,9 @@ class StreamRelay:
         except GeneratorExit:
             self._finish(Call.Outcome.CLIENT_DISCONNECTED)
             raise
-        except (ReadTimeoutError, ProtocolError, HTTPError, OSError) as exc:
-            timed_out = isinstance(exc, ReadTimeoutError)
+        except (http.client.HTTPException, ReadTimeoutError, ProtocolError, HTTPError,
+                OSError) as exc:
+            timed_out = isinstance(exc, (ReadTimeoutError, TimeoutError))
             error = (UpstreamTimeout("The upstream API stopped sending its stream.")
                      if timed_out else
                      UpstreamUnavailable(f"The upstream API broke off its stream: {exc}"))
