@@ -149,7 +149,9 @@ if os.environ.get("OPENAI_DJANGO_STORAGE") == "s3":
         "BACKEND": "storages.backends.s3.S3Storage",
         "OPTIONS": {
             "bucket_name": os.environ.get("AWS_STORAGE_BUCKET_NAME", "openai-django"),
-            "endpoint_url": os.environ.get("AWS_S3_ENDPOINT_URL") or None,
+            # S3_ENDPOINT_URL is what `scripts/services env` prints for the local moto_server.
+            "endpoint_url": (os.environ.get("AWS_S3_ENDPOINT_URL")
+                             or os.environ.get("S3_ENDPOINT_URL") or None),
             "region_name": os.environ.get("AWS_S3_REGION_NAME") or None,
             "file_overwrite": False,
             "default_acl": None,
