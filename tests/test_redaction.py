@@ -270,3 +270,16 @@ def test_a_prompt_lengthened_by_masks_still_fits_its_column(http, upstream, sett
     call = Call.objects.get(pk=response.headers["X-Call-Id"])
     assert len(call.prompt_preview) == 300 and call.prompt_preview.startswith(EMAIL_MASK)
     assert "@ex.io" not in json.dumps(call.request_body)
+
+
+@pytestmark_db
+def test_the_admin_shows_that_a_call_was_redacted(http, upstream, settings, admin_client):
+    from django.urls import reverse
+
+    settings.OPENAI_DJANGO = {**settings.OPENAI_DJANGO, "REDACT": REDACT}
+    response = http.post(f"{http.base}/chat/completions", json={
+        "model": "gpt-4o-mini", "messages": [{"role": "user", "content": _prompt()}]})
+    page = admin_client.get(reverse("admin:openai_django_call_change",
+                                    args=[response.headers["X-Call-Id"]])).content.decode()
+    assert "Redacted" in page and EMAIL_MASK in page
+    assert EMAIL not in page and OPENAI_KEY not in page

@@ -241,3 +241,18 @@ def test_celery_task_is_registered_and_purges(http, upstream, settings):
     assert result["bodies"] == 1
     chat.refresh_from_db()
     assert chat.body_purged_at is not None
+
+
+def test_the_admin_shows_when_a_body_was_purged(http, upstream, settings, admin_client):
+    from django.urls import reverse
+
+    set_retention(settings, bodies=30)
+    chat, audio, image = make_calls(http)
+    url = reverse("admin:openai_django_call_change", args=[chat.pk])
+    page = admin_client.get(url)
+    assert page.status_code == 200 and "Body purged" not in page.content.decode()
+    age(chat, 31)
+    retention.purge()
+    page = admin_client.get(url).content.decode()
+    assert "Body purged on" in page
+    assert "my secret plan" not in page

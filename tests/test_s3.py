@@ -258,3 +258,25 @@ def test_retention_deletes_objects_from_the_bucket(http, s3, settings):
     assert not set(old_keys) & set(s3.keys())
     assert sorted(a.file.name for a in new.artifacts.all()) == s3.keys()
     assert old.artifacts.filter(purged_at__isnull=False).count() == 2
+
+
+def test_large_files_are_streamed_from_the_bucket(http, s3):
+    """Served as they are read from S3 (django-storages' S3File would first download the whole
+    object into memory, per request)."""
+    from openai_django.storage import open_artifact
+
+    content = os.urandom(3 * 1024 * 1024)
+    call = call_of(http.post(f"{http.base}/files", data={"purpose": "assistants"},
+                             files={"file": ("big.bin", content)}))
+    artifact = call.artifacts.get(role=Artifact.Role.UPLOAD)
+    handle = open_artifact(artifact)
+    try:
+        assert not handle.seekable() and type(handle).__name__ == "StreamingBody"
+        assert handle.read(16) == content[:16]
+    finally:
+        handle.close()
+    url = artifact_urls(http, call)[("upload", 0, "big.bin")]
+    with http.get(url, stream=True) as served:
+        assert served.headers["Content-Length"] == str(len(content))
+        received = b"".join(served.iter_content(65536))
+    assert received == content
