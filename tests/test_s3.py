@@ -271,7 +271,9 @@ def test_large_files_are_streamed_from_the_bucket(http, s3):
     artifact = call.artifacts.get(role=Artifact.Role.UPLOAD)
     handle = open_artifact(artifact)
     try:
-        assert not handle.seekable() and type(handle).__name__ == "StreamingBody"
+        from botocore.response import StreamingBody
+
+        assert isinstance(handle, StreamingBody) and not handle.seekable()
         assert handle.read(16) == content[:16]
     finally:
         handle.close()
