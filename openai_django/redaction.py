@@ -85,9 +85,7 @@ def _is_phone(candidate):
     if _DATE_LIKE.match(text) or _IP_LIKE.match(text):
         return False
     # Decimal amounts ("12.50", "3.14159") and version numbers are not phones.
-    if re.fullmatch(r"\d+\.\d+", text):
-        return False
-    return True
+    return not re.fullmatch(r"\d+\.\d+", text)
 
 
 def _phone_sub(match):

@@ -82,8 +82,8 @@ class PurgeReport:
 
     def __str__(self):
         verb = "would purge" if self.dry_run else "purged"
-        parts = [f"{verb}: bodies of {self.bodies} calls, {self.artifacts} artifact files, "
-                 f"{self.metadata} calls deleted"]
+        parts = [(f"{verb}: bodies of {self.bodies} calls, {self.artifacts} artifact files, "
+                  f"{self.metadata} calls deleted")]
         for kind in KINDS:
             cutoff = self.cutoffs.get(kind)
             parts.append(f"  {kind}: " + (f"older than {cutoff.isoformat()}" if cutoff

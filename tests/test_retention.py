@@ -102,7 +102,7 @@ def test_bodies_are_purged_and_metadata_kept(http, upstream, settings):
 
 def test_artifact_files_are_purged_and_their_rows_kept(http, upstream, settings):
     set_retention(settings, artifacts=7)
-    chat, audio, image = make_calls(http)
+    _, audio, image = make_calls(http)
     for call in (audio, image):
         age(call, 8)
     artifacts = list(Artifact.objects.filter(call__in=[audio, image]).exclude(file=""))
@@ -189,7 +189,7 @@ def test_a_storage_failure_leaves_rows_to_retry(http, upstream, settings, media_
         "OPTIONS": {"location": str(media_root)}}}
     settings.OPENAI_DJANGO = {**settings.OPENAI_DJANGO, "STORAGE": "refusing",
                               "RETENTION": {"artifacts": 1}}
-    chat, audio, image = make_calls(http)
+    _, audio, _ = make_calls(http)
     age(audio, 2)
     RefusingStorage.refuse = True
     try:
@@ -209,7 +209,7 @@ def test_a_storage_failure_leaves_rows_to_retry(http, upstream, settings, media_
 
 def test_management_command(http, upstream, settings):
     set_retention(settings, bodies=3)
-    chat, audio, image = make_calls(http)
+    chat, _, _ = make_calls(http)
     age(chat, 4)
     out = io.StringIO()
     call_command("openai_purge", "--dry-run", "--json", stdout=out)
@@ -247,7 +247,7 @@ def test_the_admin_shows_when_a_body_was_purged(http, upstream, settings, admin_
     from django.urls import reverse
 
     set_retention(settings, bodies=30)
-    chat, audio, image = make_calls(http)
+    chat, _, _ = make_calls(http)
     url = reverse("admin:openai_django_call_change", args=[chat.pk])
     page = admin_client.get(url)
     assert page.status_code == 200 and "Body purged" not in page.content.decode()

@@ -176,8 +176,8 @@ def test_generated_images_audio_and_file_contents_are_stored_and_served(http, s3
         assert served.content == png
     audio_url = artifact_urls(http, audio)[("audio", 0, "talk.mp3")]
     assert http.get(audio_url).content == audio_bytes
-    file_url = [u for (role, _, _), u in artifact_urls(http, download).items()
-                if role == "file_content"][0]
+    file_url = next(u for (role, _, _), u in artifact_urls(http, download).items()
+                    if role == "file_content")
     fetched = http.get(file_url)
     assert fetched.content == content and "attachment" in fetched.headers["Content-Disposition"]
     # The recorded response of the download is served from the bucket too.
