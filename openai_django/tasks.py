@@ -171,8 +171,9 @@ def perform_call(self, call_id, attempt=1):
 
 def perform(call_id, attempt=1, task_id=""):
     """The body of :func:`perform_call`; returns a word saying what it did (for logs/tests)."""
-    call = Call.objects.filter(pk=call_id).first()
-    if call is None:
+    try:
+        call = Call.objects.get(pk=call_id)  # get(), not first(): no ORDER BY to compile
+    except Call.DoesNotExist:
         logger.warning("Call %s does not exist (deleted?); message dropped", call_id)
         return "missing"
     if call.status == Call.Status.RUNNING and call.attempt_count == attempt:
@@ -229,8 +230,9 @@ def _now_iso():
 def _claim(call, attempt, task_id, lease):
     """Take attempt ``attempt`` of a queued call (compare-and-set): writes who holds it, so a
     redelivery can tell a dead holder from a live one."""
-    entry = {"n": attempt, "task": task_id, "host": HOST, "pid": os.getpid(),
-             "pst": _proc_start(os.getpid()), "started": _now_iso()}
+    pid = os.getpid()
+    entry = {"n": attempt, "task": task_id, "host": HOST, "pid": pid,
+             "pst": _own_start(pid), "started": _now_iso()}
     if lease is not None and lease.held:
         entry["leases"] = lease.tokens
     return recorder.transition(
@@ -382,6 +384,17 @@ def _proc_stat(pid):
 def _proc_start(pid):
     stat = _proc_stat(pid)
     return stat[1] if stat else None
+
+
+_own = {}
+
+
+def _own_start(pid):
+    """This process's start time, read once per process (a forked child has a new pid)."""
+    if pid not in _own:
+        _own.clear()
+        _own[pid] = _proc_start(pid)
+    return _own[pid]
 
 
 def _pid_alive(pid, start=None):

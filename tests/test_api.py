@@ -192,3 +192,23 @@ def test_submit_queues_a_record_that_a_task_performs(upstream, user, settings):
     call.refresh_from_db()
     assert call.artifacts.filter(role="generated_image").count() == 2
     assert call.payload is None
+
+
+def test_the_admin_inline_lists_an_objects_calls(upstream, user, other_user, rf,
+                                                 django_user_model):
+    from django.contrib import admin
+
+    from openai_django.inlines import CallInline
+
+    mine = openai_django.create("listModels", target=user).call
+    openai_django.create("listModels", target=other_user)
+    openai_django.create("listModels")
+    staff = django_user_model.objects.create_superuser("root", "root@example.com", "pw-root")
+    request = rf.get("/")
+    request.user = staff
+    inline = CallInline(django_user_model, admin.site)
+    formset = inline.get_formset(request, user)(instance=user,
+                                                queryset=inline.get_queryset(request))
+    assert [form.instance.pk for form in formset.forms] == [mine.pk]
+    assert not inline.has_add_permission(request, user)
+    assert not inline.has_change_permission(request, user)
