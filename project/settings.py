@@ -170,6 +170,8 @@ OPENAI_DJANGO = {
     "STORAGE": OPENAI_DJANGO_STORAGE_ALIAS,
     # OPENAI_DJANGO_RECORD=0 serves the same API without writing calls (benchmark baseline).
     "RECORD": env_bool("OPENAI_DJANGO_RECORD", True),
+    # OPENAI_DJANGO_WRITER=1: group-commit writer thread (what docs/performance.md measured).
+    "WRITER": env_bool("OPENAI_DJANGO_WRITER", False),
     # Prompts are forgotten after 30 days, usage after a year: keeping them forever should be
     # a decision a site takes, not a default it inherits (check openai_django.W005).
     "RETENTION": {"bodies": 30, "artifacts": 30, "metadata": 365},
