@@ -317,7 +317,9 @@ def invocation_from_call(call, *, overrides=None, mode=None, source=None, replay
         api_key=api_key if api_key is not None else call.api_key,
         mode=mode or call.mode, source=source or call.source,
         replay_of_id=replay_of.pk if replay_of is not None else call.replay_of_id,
-        target=call.target if call.target_type_id else None,
+        # Only a new record (a replay) needs the target object; performing a queued call
+        # does not, and fetching it would cost a query per background call.
+        target=call.target if call.target_type_id and replay_of is not None else None,
         # A replay is for looking at, not for the site's "your description is ready" hooks.
         callback=call.callback if replay_of is None else "",
     )
