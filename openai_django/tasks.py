@@ -172,7 +172,9 @@ def perform_call(self, call_id, attempt=1):
 def perform(call_id, attempt=1, task_id=""):
     """The body of :func:`perform_call`; returns a word saying what it did (for logs/tests)."""
     try:
-        call = Call.objects.get(pk=call_id)  # get(), not first(): no ORDER BY to compile
+        # get(), not first(): no ORDER BY to compile; the user and key come in the same query
+        # (the rebuilt invocation refers to them).
+        call = Call.objects.select_related("user", "api_key").get(pk=call_id)
     except Call.DoesNotExist:
         logger.warning("Call %s does not exist (deleted?); message dropped", call_id)
         return "missing"
