@@ -47,7 +47,7 @@ from openai_django.upstream import SSEParser
 
 logger = logging.getLogger("openai_django.api")
 
-__all__ = ["Response", "StreamResponse", "create", "submit", "build_invocation"]
+__all__ = ["Response", "StreamResponse", "build_invocation", "create", "submit"]
 
 
 class Response:

@@ -25,6 +25,7 @@ import logging
 import random
 import threading
 import time
+import typing
 import uuid
 from datetime import timedelta
 
@@ -138,7 +139,7 @@ class RedisBackend:
     return freed
     """
 
-    _clients = {}
+    _clients: typing.ClassVar[dict] = {}  # one client (and pool) per URL, per process
     _lock = threading.Lock()
 
     def __init__(self, url):

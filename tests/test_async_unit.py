@@ -47,7 +47,7 @@ def queue(settings):
                     message = simple.get(block=False)
                 except simple.Empty:
                     break
-                args, kwargs, _ = message.decode()
+                args, _kwargs, _ = message.decode()
                 messages.append({"task": message.headers["task"], "args": list(args),
                                  "eta": message.headers.get("eta")})
                 message.ack()
@@ -106,14 +106,14 @@ def test_retry_plan_is_bounded_by_attempts_and_by_the_longest_wait(settings):
     settings.OPENAI_DJANGO = {"MAX_ATTEMPTS": 3, "RETRY_BACKOFF": 0.1, "RETRY_BACKOFF_MAX": 5}
 
     class Answer:
-        headers = {"retry-after": "4"}
+        def __init__(self, retry_after):
+            self.headers = {"retry-after": retry_after}
 
-    delay, why = tasks.retry_plan(1, Answer())
+    delay, why = tasks.retry_plan(1, Answer("4"))
     assert 4 <= delay and why is None
-    delay, why = tasks.retry_plan(3, Answer())
+    delay, why = tasks.retry_plan(3, Answer("4"))
     assert delay is None and "MAX_ATTEMPTS" in why
-    Answer.headers = {"retry-after": "60"}
-    delay, why = tasks.retry_plan(1, Answer())
+    delay, why = tasks.retry_plan(1, Answer("60"))
     assert delay is None and "Retry-After" in why and "RETRY_BACKOFF_MAX" in why
 
 
