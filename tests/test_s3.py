@@ -4,12 +4,7 @@ S3-compatible server on loopback (moto_server), with real calls through the gate
 import base64
 import hashlib
 import os
-import socket
-import subprocess
-import sys
-import time
 import uuid
-from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -18,66 +13,12 @@ import requests
 from openai_django import retention
 from openai_django.models import Artifact, Call
 
-from .fixtures.gateway import ci_requires
-
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.s3]
-
-ACCESS = {"access_key": os.environ.get("AWS_ACCESS_KEY_ID", "testing"),
-          "secret_key": os.environ.get("AWS_SECRET_ACCESS_KEY", "testing"),
-          "region_name": os.environ.get("AWS_S3_REGION_NAME", "us-east-1")}
-
-
-def _free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _up(url):
-    try:
-        return requests.get(url, timeout=2).status_code < 500
-    except requests.RequestException:
-        return False
-
-
-@pytest.fixture(scope="session")
-def s3_endpoint():
-    """The S3 server: the one `scripts/services` runs (S3_ENDPOINT_URL), else a moto_server of
-    this session's own on a free port, stopped at the end."""
-    url = os.environ.get("S3_ENDPOINT_URL")
-    if url:
-        if not _up(url):
-            ci_requires(f"the S3 server at {url}")
-        yield url
-        return
-    binary = Path(sys.executable).with_name("moto_server")
-    if not binary.exists():
-        ci_requires("moto_server")
-    port = _free_port()
-    process = subprocess.Popen([str(binary), "-H", "127.0.0.1", "-p", str(port)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while not _up(url):
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"moto_server did not start on port {port}")
-            time.sleep(0.1)
-        yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
-
 
 class Bucket:
     def __init__(self, endpoint, name):
-        import boto3
-
         self.name = name
-        self.client = boto3.client("s3", endpoint_url=endpoint,
-                                   aws_access_key_id=ACCESS["access_key"],
-                                   aws_secret_access_key=ACCESS["secret_key"],
-                                   region_name=ACCESS["region_name"])
+        self.client = endpoint.client()
 
     def keys(self):
         pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.name)
@@ -93,13 +34,16 @@ class Bucket:
 
 @pytest.fixture
 def s3(s3_endpoint, settings, upstream):
-    """A fresh private bucket behind the app's storage alias for this test."""
+    """A fresh private bucket of its own (on the S3 server of tests/fixtures/services.py)
+    behind the app's storage alias, so that the test sees exactly the objects it made."""
     bucket = Bucket(s3_endpoint, f"od-test-{uuid.uuid4().hex[:12]}")
     bucket.client.create_bucket(Bucket=bucket.name)
     settings.STORAGES = {**settings.STORAGES, "openai_django_s3": {
         "BACKEND": "storages.backends.s3.S3Storage",
-        "OPTIONS": {"bucket_name": bucket.name, "endpoint_url": s3_endpoint, **ACCESS,
-                    "file_overwrite": False, "default_acl": None, "querystring_auth": True,
+        "OPTIONS": {"bucket_name": bucket.name, "endpoint_url": s3_endpoint.url,
+                    "region_name": s3_endpoint.region, "access_key": s3_endpoint.access_key,
+                    "secret_key": s3_endpoint.secret_key, "file_overwrite": False,
+                    "default_acl": None, "querystring_auth": True,
                     "addressing_style": "path"},
     }}
     settings.OPENAI_DJANGO = {**settings.OPENAI_DJANGO, "STORAGE": "openai_django_s3"}
