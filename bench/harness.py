@@ -353,7 +353,8 @@ class Harness:
                       name=None, env=None):
         port = free_port()
         name = name or f"{server}-{db.kind}-{'rec' if record else 'norec'}-{port}"
-        extra = {"OPENAI_DJANGO_RECORD": "1" if record else "0", **(env or {})}
+        extra = {"OPENAI_DJANGO_RECORD": "1" if record else "0",
+                 "OPENAI_DJANGO_WRITER": os.environ.get("BENCH_WRITER", "1"), **(env or {})}
         gateway = Server(name=name, cmd=SERVER_COMMANDS[server](port, workers, threads),
                          env=self.django_env(db, **extra), port=port)
         gateway.extra = {"server": server, "workers": workers, "threads": threads,

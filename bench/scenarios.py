@@ -326,6 +326,8 @@ def slow_streams(ctx, gateway=None):
             run = {"streams": count, "errors": len(failures), "error_kinds": kinds,
                    "seconds": round(elapsed, 2),
                    "stream_seconds_p50": _pct(durations, 50),
+                   "ttfe_p50_ms": _pct([r.ttfe_ms for r in results if r.ok], 50),
+                   "ttfe_max_ms": _pct([r.ttfe_ms for r in results if r.ok], 100),
                    "stream_seconds_max": _pct(durations, 100),
                    "rss_before_mb": round(baseline_rss / 1024, 1),
                    "rss_peak_mb": round(peak[0] / 1024, 1),
