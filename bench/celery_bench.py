@@ -221,29 +221,44 @@ def purge(queue, redis_url):
 
 
 def phase_enqueue(count, redis_url):
+    """Per call: the whole of ``submit_invocation``, its two parts alone (the INSERT of the
+    queued record; the publish of its message), and ``openai_django.submit()``."""
     from django.test import override_settings
 
     import openai_django
-    from openai_django.conf import app_settings
+    from openai_django import api, recorder, tasks
     from openai_django.models import Call
 
     queue = f"bench-enqueue-{os.getpid()}"
+    figures = {}
     with override_settings(OPENAI_DJANGO={**django_settings().OPENAI_DJANGO,
                                           "TASK_QUEUE": queue}):
-        enqueue("chat", 20, start=10**6)  # warm: connections, pools, the spec registry
+        warm, _ = enqueue("chat", 50, start=10**6)  # connections, pools, the spec registry
         ids, times = enqueue("chat", count)
-        began = time.perf_counter()
-        python_ids = []
+        figures["submit_invocation"] = summary_ms(times)
+        inserts, publishes = [], []
+        for n in range(count):
+            invocation = api.build_invocation("createChatCompletion", mode=Call.Mode.ASYNC,
+                                              **job_kwargs("chat", n))
+            began = time.perf_counter()
+            call = recorder.start(invocation, status=Call.Status.QUEUED, keep_payload=True)
+            middle = time.perf_counter()
+            tasks.enqueue(call.pk, 1)
+            inserts.append(middle - began)
+            publishes.append(time.perf_counter() - middle)
+            ids.append(call.pk)
+        figures["  of which INSERT of the record"] = summary_ms(inserts)
+        figures["  of which publish to Redis"] = summary_ms(publishes)
         python_times = []
         for n in range(count):
             began = time.perf_counter()
-            python_ids.append(openai_django.submit("createChatCompletion",
-                                                   **job_kwargs("chat", n)).pk)
+            ids.append(openai_django.submit("createChatCompletion",
+                                            **job_kwargs("chat", n)).pk)
             python_times.append(time.perf_counter() - began)
-        assert app_settings.TASK_QUEUE == queue
+        figures["openai_django.submit (+ validation)"] = summary_ms(python_times)
     purge(queue, redis_url)
-    Call.objects.filter(pk__in=ids + python_ids).delete()
-    return {"submit_invocation": summary_ms(times), "openai_django.submit": summary_ms(python_times)}
+    Call.objects.filter(pk__in=warm + ids).delete()
+    return figures
 
 
 def phase_throughput(kind, concurrency, count, env, workdir, redis_url):

@@ -16,9 +16,10 @@ def delete_artifact_file(sender, instance, **kwargs):
 
 @receiver([call_finished, call_failed], dispatch_uid="openai_django.send_callback")
 def send_callback(sender, call, **kwargs):
-    """A call submitted with ``callback=`` sends that task its id when it ends, however it
-    ended and whichever process ended it."""
-    if call.callback:
-        from openai_django.tasks import send_callback
+    """When a call ends, however it ended and whichever process ended it: a call submitted
+    with ``callback=`` sends that task its id, and a metadata-only background call drops the
+    input files it had to keep until it was performed."""
+    if call.callback or (call.metadata_only and call.mode == call.Mode.ASYNC):
+        from openai_django.tasks import call_ended
 
-        send_callback(call)
+        call_ended(call)

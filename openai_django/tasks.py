@@ -38,7 +38,7 @@ from django.utils import timezone
 from openai_django import concurrency, gateway, recorder
 from openai_django.conf import app_settings
 from openai_django.errors import Conflict, OpenAIDjangoError, UpstreamTimeout, UpstreamUnavailable
-from openai_django.models import Call
+from openai_django.models import Artifact, Call
 
 logger = logging.getLogger("openai_django.tasks")
 
@@ -138,6 +138,16 @@ def cancel(call):
                      code="call_cancelled")
     recorder.fail(call, error, outcome=Call.Outcome.CANCELLED)
     return True
+
+
+def call_ended(call):
+    """What a finished call still owes (see ``handlers.send_callback``)."""
+    if call.metadata_only and call.mode == Call.Mode.ASYNC:
+        # Kept only so that the worker could send them: a metadata-only call keeps no files.
+        for artifact in call.artifacts.filter(role__in=Artifact.INPUT_ROLES):
+            artifact.delete()
+    if call.callback:
+        send_callback(call)
 
 
 def send_callback(call):

@@ -365,3 +365,20 @@ def test_waiting_for_a_slot_is_not_an_attempt(transactional_db, upstream, queue,
     call.refresh_from_db()
     assert call.attempt_count == 1 and "leases" in call.attempts[0]
     assert ConcurrencyLease.objects.count() == 0
+
+
+def test_a_metadata_only_background_call_keeps_no_input_files(transactional_db, upstream, queue,
+                                                              user, media_root):
+    from openai_django.models import APIKey
+
+    key, _ = APIKey.generate(user, name="private", metadata_only=True)
+    call = openai_django.submit("createTranscription", model="whisper-1", api_key=key,
+                                file=("talk.mp3", b"ID3 private words", "audio/mpeg"))
+    stored = call.artifacts.get()  # kept until the worker has sent it...
+    path = stored.file.path
+    assert call.metadata_only and os.path.exists(path)
+    assert tasks.perform(call.pk, 1) == Call.Status.SUCCEEDED
+    call.refresh_from_db()
+    assert call.artifacts.count() == 0 and not os.path.exists(path)  # ...and not after
+    assert call.request_body is None and call.response_body is None
+    assert upstream.requests()[-1]["files"][0]["bytes"] == len(b"ID3 private words")
