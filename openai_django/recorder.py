@@ -408,12 +408,13 @@ def finish(call, response, *, started=None, outcome=None, events=None, stream_do
         outcome = Call.Outcome.STREAM_INCOMPLETE
     call.outcome = outcome
     call.status = Call.Status.SUCCEEDED if outcome == Call.Outcome.OK else Call.Status.FAILED
+    if bodies and ok and body is not None:
+        # Before the final save: whoever sees "succeeded" finds the generated images kept.
+        _output_artifacts(call, body)
     _timings(call, started, response)
     call.cost_usd = estimate_cost(call)
     call.payload = None
     _save_fields(call, _finish_fields(call))
-    if bodies and ok and body is not None:
-        _output_artifacts(call, body)
     _send_signal(call)
     return call
 
