@@ -257,7 +257,7 @@ def phase_enqueue(count, redis_url):
             python_times.append(time.perf_counter() - began)
         figures["openai_django.submit (+ validation)"] = summary_ms(python_times)
     purge(queue, redis_url)
-    Call.objects.filter(pk__in=warm + ids).delete()
+    forget(warm + ids)
     return figures
 
 
@@ -280,7 +280,17 @@ def phase_throughput(kind, concurrency, count, env, workdir, redis_url):
     figures = drained(ids)
     figures.update({"kind": kind, "concurrency": concurrency,
                     "enqueue": summary_ms(times), "max_in_flight": max_overlap(ids)})
+    forget(ids)
     return figures
+
+
+def forget(ids):
+    """Delete a phase's calls (and their stored files): the database may be the suite's,
+    shared with the benchmarks that run after this one."""
+    from openai_django.models import Call
+
+    for start in range(0, len(ids), 500):
+        Call.objects.filter(pk__in=ids[start:start + 500]).delete()
 
 
 def phase_drain(count, cap, delay, env, workdir, redis_url, standin):
@@ -338,6 +348,7 @@ def phase_drain(count, cap, delay, env, workdir, redis_url, standin):
         "ideal_jobs_per_s": round(cap / delay, 1),
         "every_call_once": Call.objects.filter(pk__in=ids, attempt_count=1).count() == len(ids),
     })
+    forget(ids)
     return figures
 
 
