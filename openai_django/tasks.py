@@ -30,6 +30,7 @@ from datetime import datetime, timedelta
 from datetime import timezone as dt_timezone
 from email.utils import parsedate_to_datetime
 
+import orjson
 from celery import shared_task
 from celery.signals import worker_ready
 from django.db import transaction
@@ -207,6 +208,7 @@ def perform(call_id, attempt=1, task_id=""):
     except Exception as exc:  # noqa: BLE001 - e.g. an input file gone from storage
         logger.exception("Call %s cannot be rebuilt", call.pk)
         if _claim(call, attempt, task_id, None):
+            call.attempts[-1].update(outcome="error", error=str(exc)[:300], ended=_now_iso())
             recorder.fail(call, exc, outcome=Call.Outcome.ERROR)
         return "failed"
     lease = concurrency.acquire(call.model)
@@ -257,8 +259,6 @@ def _claim(call, attempt, task_id, lease):
 
 def _error_message(response):
     try:
-        import orjson
-
         body = orjson.loads(response.body)
         return str(body["error"]["message"])[:300]
     except Exception:  # noqa: BLE001 - any body: the status says enough
