@@ -162,11 +162,23 @@ def table(results):
                 row("6 databases", f"{kind}: req/s", x["rps"])
             elif kind == "skipped":
                 row("6 databases", "postgres", x)
-    for scenario, number in (("celery", 7), ("admin", 8)):
-        if scenario in s:
-            for key, value in s[scenario].items():
-                if not isinstance(value, (dict, list)):
-                    row(f"{number} {scenario}", key, value)
+    if "celery" in s:
+        x = s["celery"]
+        for name, figures in (x.get("enqueue") or {}).items():
+            if isinstance(figures, dict) and "p50_ms" in figures:
+                row("7 celery", f"enqueue: {name.strip()} p50 (ms)", figures["p50_ms"], None,
+                    figures.get("per_s"))
+        for run in x.get("throughput") or []:
+            if isinstance(run, dict) and "jobs_per_s" in run:
+                row("7 celery", f"one worker, {run.get('kind')} jobs, prefork "
+                    f"{run.get('concurrency')}: calls/s", run["jobs_per_s"])
+        for key in ("skipped", "error"):
+            if key in x:
+                row("7 celery", key, str(x[key])[:200])
+    if "admin" in s:
+        for key, value in s["admin"].items():
+            if not isinstance(value, (dict, list)) and key != "scenario_seconds":
+                row("8 admin", key, value)
     if "serving" in s:
         for name, x in s["serving"].items():
             if not isinstance(x, dict):
