@@ -260,10 +260,10 @@ def main(argv=None):
             if name not in wanted:
                 return
             t0 = time.perf_counter()
-            print(f"bench: {name} ...", file=sys.stderr, flush=True)  # noqa: T201
+            print(f"bench: {name} ...", file=sys.stderr, flush=True)
             try:
                 done[name] = fn()
-            except Exception as exc:  # noqa: BLE001 - one failed scenario must not hide others
+            except Exception as exc:
                 log.exception("scenario %s failed", name)
                 done[name] = {"error": f"{type(exc).__name__}: {exc}"}
             done.setdefault(name, {})
@@ -340,8 +340,8 @@ def main(argv=None):
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2, default=str))
-    print(text)  # noqa: T201 - the runner's output is its table
-    print(f"\nwritten to {out}; load average before {results['meta']['loadavg_before']}, "  # noqa: T201
+    print(text)
+    print(f"\nwritten to {out}; load average before {results['meta']['loadavg_before']}, "
           f"after {results['meta']['loadavg_after']}")
     return results
 

@@ -9,8 +9,7 @@ import logging
 import time
 
 import orjson
-from django.db import DatabaseError, connections, router, transaction
-from django.db import models
+from django.db import DatabaseError, connections, models, router, transaction
 from django.db.models import signals as model_signals
 from django.utils import timezone
 
