@@ -10,7 +10,7 @@ from django.urls import path
 
 from openai_django.models import APIKey, hash_key
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("clean_cache")]
 
 KEYS = "/admin/openai_django/apikey/"
 

@@ -13,7 +13,7 @@ from django.utils import timezone
 
 from openai_django.models import APIKey, Call
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("clean_cache")]
 
 LIST = "/admin/openai_django/call/"
 USAGE = f"{LIST}usage/"
@@ -140,3 +140,44 @@ def test_export_streams_rows_in_chunks(admin_client, user, settings):
         assert len(list(stream)) == 24
     finally:
         export.CHUNK_SIZE = before
+
+
+def test_recompute_costs_after_the_price_table_changed(admin_client, user, settings):
+    old = row(user, model="my-model", prompt_tokens=1000, completion_tokens=1000,
+              cost_usd=None)
+    other = row(user, model="gpt-4o-mini")
+    settings.OPENAI_DJANGO = {**(getattr(settings, "OPENAI_DJANGO", {}) or {}),
+                              "PRICES": {"my-model": {"input": "0.5", "output": "1.5"}}}
+    selected = [str(old.pk), str(other.pk)]
+    confirm = admin_client.post(LIST, {"action": "recompute_costs", "index": 0,
+                                       "_selected_action": selected})
+    assert "Yes, recompute" in confirm.content.decode()
+    old.refresh_from_db()
+    assert old.cost_usd is None  # nothing before the confirmation
+    done = admin_client.post(LIST, {"action": "recompute_costs", "post": "yes",
+                                    "_selected_action": selected}, follow=True)
+    assert "recomputed for 2 calls; 2 changed" in done.content.decode()
+    old.refresh_from_db()
+    other.refresh_from_db()
+    assert old.cost_usd == Decimal("2.000000")
+    assert other.cost_usd == Decimal("0.000004")  # 0.0000045 (10 x 0.00015/1K + 5 x 0.0006/1K), rounded half even
+
+
+def test_recompute_needs_the_change_permission(viewer_client, user):
+    text = viewer_client.get(LIST).content.decode()
+    assert "recompute_costs" not in text and "export_jsonl" in text
+
+
+def test_past_days_are_cached_and_today_is_always_fresh(admin_client, user):
+    row(user, days_ago=10, model="gpt-4o")
+    first = admin_client.get(USAGE).context["data"]
+    assert first["totals"]["calls"] == 1
+    row(user, days_ago=10, model="gpt-4o")  # a past day: served from the cache
+    row(user, model="gpt-4o-mini")  # today: always read again
+    second = admin_client.get(USAGE).context["data"]
+    assert second["totals"]["calls"] == 2
+    assert {r["model"] for r in second["by_model"]} == {"gpt-4o", "gpt-4o-mini"}
+    from openai_django.admin.usage import forget_cached_usage
+
+    forget_cached_usage()
+    assert admin_client.get(USAGE).context["data"]["totals"]["calls"] == 3

@@ -15,7 +15,8 @@ import pytest
 
 from openai_django.models import APIKey, Call
 
-pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.django_db(transaction=True),
+              pytest.mark.usefixtures("clean_cache")]
 
 
 

@@ -427,10 +427,12 @@ class ReplayMixin:
         if not self.has_view_permission(request):
             raise PermissionDenied
         from openai_django.admin.calls import format_cost, format_ms
-        from openai_django.admin.pagination import CappedCountPaginator
+        from openai_django.admin.pagination import LookaheadPaginator
 
-        changelist = self.get_changelist_instance(request)
-        replays = changelist.get_queryset(request).filter(replay_of__isnull=False)
+        query = request.GET.copy()
+        page_number = query.pop("p", [None])[-1]
+        request.GET = query  # the list's filters, without this report's page
+        replays = self.filtered_queryset(request).filter(replay_of__isnull=False)
         groups = list(
             replays.order_by().values("replay_of__model", "model").annotate(
                 pairs=Count("id"),
@@ -447,11 +449,11 @@ class ReplayMixin:
             group["latency_b"] = format_ms(group["latency_b"])
             group["cost_a_display"] = format_cost(group["cost_a"])
             group["cost_b_display"] = format_cost(group["cost_b"])
-        paginator = CappedCountPaginator(
-            replays.select_related(None).select_related("replay_of").only(
+        paginator = LookaheadPaginator(
+            replays.select_related(None).select_related("replay_of").defer(None).only(
                 *COMPARED_FIELDS, *(f"replay_of__{name}" for name in COMPARED_FIELDS),
-            ).order_by("-created"), 100)
-        page = paginator.get_page(request.GET.get("p"))
+            ).order_by("-created"), 100, page_hint=page_number)
+        page = paginator.get_page(page_number)
         pairs = []
         for replay in page.object_list:
             original = replay.replay_of
@@ -462,8 +464,6 @@ class ReplayMixin:
                 "latency_b": format_ms(replay.latency_ms),
                 "cost_a": format_cost(original.cost_usd), "cost_b": format_cost(replay.cost_usd),
             })
-        query = request.GET.copy()
-        query.pop("p", None)
         return self.render_page(request, "compare_report.html", self.page_context(
             request, None, title=_("Replays compared with their originals"), groups=groups,
             pairs=pairs, page=page, paginator=paginator, query=query.urlencode(),

@@ -1,8 +1,12 @@
 """The usage dashboard: calls, tokens and estimated cost per day, model, user and key.
 
-Three aggregate queries over an indexed date range (per day and model, per user, per key) give
-every figure on the page; totals and per-model tables are summed from the first in Python. The
-cost is the ``cost_usd`` stored on each call when it finished (see :mod:`openai_django.pricing`).
+Two aggregate queries over the date range give every figure on the page: per day and model
+(totals, the per-model table and the charts are summed from it in Python), and per day, user
+and key (keys belong to one user, so the per-user table is summed from it). Both read only the
+``od_call_usage`` index (date first, then every column they sum), never the wide rows. Days
+that can no longer change are kept in Django's cache, so a dashboard over months reads only
+the last two days again. The cost is the ``cost_usd`` stored on each call when it finished
+(see :mod:`openai_django.pricing`).
 Charts are inline SVG drawn here: the page loads nothing from anywhere else.
 """
 
@@ -12,6 +16,7 @@ from urllib.parse import urlencode
 
 from django import forms
 from django.contrib.auth import get_user_model
+from django.core.cache import cache
 from django.core.exceptions import PermissionDenied
 from django.db import connections
 from django.db.models import Count, F, Func, Q, Sum
@@ -23,6 +28,8 @@ from django.utils.translation import gettext_lazy as _
 from openai_django.models import APIKey, Call
 
 DEFAULT_DAYS = 30
+CACHE_PREFIX = "openai_django:usage"
+CACHE_SECONDS = 6 * 3600
 MAX_DAYS = 366 * 3
 TOP = 25
 SERIES_MODELS = 6
@@ -88,8 +95,9 @@ def _as_date(value):
 
 def _measures():
     return {
-        "calls": Count("id"),
-        "failed": Count("id", filter=Q(status=Call.Status.FAILED)),
+        # Columns of od_call_usage only (COUNT(id) would make PostgreSQL visit every row).
+        "calls": Count("created"),
+        "failed": Count("status", filter=Q(status=Call.Status.FAILED)),
         "prompt": Sum("prompt_tokens"),
         "completion": Sum("completion_tokens"),
         "tokens": Sum("total_tokens"),
@@ -146,26 +154,86 @@ def _fmt_cost(value):
     return format_cost(Decimal(value)) if value else "$0"
 
 
+def _measure_values(row):
+    return {key: row.get(key) or (Decimal(0) if key == "cost" else 0)
+            for key in ("calls", "failed", "prompt", "completion", "tokens", "cost")}
+
+
+def _query_days(first, last, using):
+    """``{day: {"models": {model: sums}, "keys": {(user, key): sums}}}`` for the days
+    ``first``..``last``, read with two aggregate queries over ``od_call_usage``."""
+    tz = timezone.get_current_timezone()
+    low = datetime.datetime.combine(first, datetime.time.min, tzinfo=tz)
+    high = datetime.datetime.combine(last + datetime.timedelta(days=1), datetime.time.min,
+                                     tzinfo=tz)
+    calls = (Call.objects.using(using).filter(created__gte=low, created__lt=high).order_by()
+             .annotate(day=day_expression(using)))
+    days = {first + datetime.timedelta(days=i): {"models": {}, "keys": {}}
+            for i in range((last - first).days + 1)}
+    for row in calls.values("day", "model").annotate(**_measures()):
+        day = days.get(_as_date(row["day"]))
+        if day is not None:
+            day["models"][row["model"] or ""] = _measure_values(row)
+    for row in calls.values("day", "user", "api_key").annotate(**_measures()):
+        day = days.get(_as_date(row["day"]))
+        if day is not None:
+            day["keys"][(row["user"], row["api_key"])] = _measure_values(row)
+    return days
+
+
+def _cache_key(day, using):
+    generation = cache.get_or_set(f"{CACHE_PREFIX}:generation", 1, None)
+    return (f"{CACHE_PREFIX}:{generation}:{using}:{timezone.get_current_timezone_name()}:"
+            f"{day.isoformat()}")
+
+
+def forget_cached_usage():
+    """Drop every cached day (after costs were recomputed, say)."""
+    key = f"{CACHE_PREFIX}:generation"
+    try:
+        cache.incr(key)
+    except ValueError:
+        cache.set(key, 2, None)
+
+
+def day_groups(start, end, using="default"):
+    """The per-day groups of ``start``..``end``. Days that ended before yesterday no longer
+    change (a call counts on the day it was created, and none runs for a day), so they are kept
+    in the cache for ``CACHE_SECONDS``; the others are always read from the database."""
+    cacheable_before = timezone.localdate() - datetime.timedelta(days=1)
+    days = [start + datetime.timedelta(days=i) for i in range((end - start).days + 1)]
+    keys = {day: _cache_key(day, using) for day in days if day < cacheable_before}
+    found = cache.get_many(list(keys.values())) if keys else {}
+    groups = {day: found[keys[day]] for day in days if day in keys and keys[day] in found}
+    missing = [day for day in days if day not in groups]
+    if missing:
+        fresh = _query_days(missing[0], missing[-1], using)
+        cache.set_many({keys[day]: fresh[day] for day in missing if day in keys},
+                       CACHE_SECONDS)
+        groups.update({day: fresh[day] for day in missing})
+    return groups
+
+
 def usage_data(start, end, using="default"):
     """Every figure of the dashboard for the days ``start``..``end`` (inclusive)."""
-    tz = timezone.get_current_timezone()
-    low = datetime.datetime.combine(start, datetime.time.min, tzinfo=tz)
-    high = datetime.datetime.combine(end + datetime.timedelta(days=1), datetime.time.min,
-                                     tzinfo=tz)
-    calls = Call.objects.using(using).filter(created__gte=low, created__lt=high).order_by()
+    groups = day_groups(start, end, using)
+    users_total, keys_total, models, totals = {}, {}, {}, _zero()
+    per_day_model = []
+    for day, group in groups.items():
+        for model, values in group["models"].items():
+            per_day_model.append({"day": day, "model": model, **values})
+            _add(totals, values)
+            _add(models.setdefault(model, _zero()), values)
+        for (user, key), values in group["keys"].items():
+            _add(users_total.setdefault(user, _zero()), values)
+            _add(keys_total.setdefault(key, _zero()), values)
 
-    per_day_model = list(calls.annotate(day=day_expression(using))
-                         .values("day", "model").annotate(**_measures()))
-    per_user = list(calls.values("user").annotate(**_measures())
-                    .order_by(F("cost").desc(nulls_last=True), "-calls")[:TOP])
-    per_key = list(calls.values("api_key").annotate(**_measures())
-                   .order_by(F("cost").desc(nulls_last=True), "-calls")[:TOP])
+    def top(totals_by, name):
+        rows = [{name: key, **values} for key, values in totals_by.items()]
+        rows.sort(key=lambda r: (-r["cost"], -r["calls"]))
+        return rows[:TOP]
 
-    totals, models = _zero(), {}
-    for row in per_day_model:
-        row["day"] = _as_date(row["day"])
-        _add(totals, row)
-        _add(models.setdefault(row["model"] or "", _zero()), row)
+    per_user, per_key = top(users_total, "user"), top(keys_total, "api_key")
     by_model = sorted(({"model": name, **values} for name, values in models.items()),
                       key=lambda r: (-r["cost"], -r["calls"]))
 

@@ -47,8 +47,16 @@ def fast_date_hierarchy(cl):
         return cl.get_query_string(filters, [f"{field}__"])
 
     first = last = None
+    complete = getattr(getattr(cl, "paginator", None), "complete_rows", None)
+    if complete is not None and not complete and not (year or month or day):
+        return {"show": False}
+    if complete:
+        # Every matching row is on the page: their dates are the span (no scan from each end).
+        dates = [timezone.localtime(getattr(row, field)) for row in complete]
+        first, last = min(dates), max(dates)
     if not (year or month or day):
-        first, last = _bounds(cl.queryset, field)
+        if first is None:
+            first, last = _bounds(cl.queryset, field)
         if first is None:
             return {"show": False}
         if first.year == last.year:

@@ -1,0 +1,47 @@
+"""Recomputing the estimated cost of recorded calls after the price table changed."""
+
+import logging
+
+from django.db import transaction
+
+from openai_django.models import Call
+
+logger = logging.getLogger("openai_django.admin")
+
+# What estimate_cost reads of a call (the bodies only for image counts and audio durations).
+COST_FIELDS = ("id", "created", "operation", "model", "status", "prompt_tokens",
+               "completion_tokens", "total_tokens", "cost_usd", "request_body", "response_body")
+BATCH = 1000
+
+
+def recompute(queryset, *, limit=None, batch=BATCH):
+    """Recompute ``cost_usd`` of the calls of ``queryset`` (the first ``limit`` of them, newest
+    first), writing only the rows whose cost changed; returns ``(checked, changed)``."""
+    from openai_django.pricing import estimate_cost
+
+    calls = queryset.select_related(None).defer(None).only(*COST_FIELDS).order_by("-created")
+    if limit is not None:
+        calls = calls[:limit]
+    checked = changed = 0
+    pending = []
+    for call in calls.iterator(chunk_size=batch):
+        checked += 1
+        cost = estimate_cost(call)
+        if cost != call.cost_usd:
+            call.cost_usd = cost
+            pending.append(call)
+        if len(pending) >= batch:
+            changed += _save(pending)
+    changed += _save(pending)
+    logger.info("Recomputed the estimated cost of %s calls (%s changed)", checked, changed)
+    return checked, changed
+
+
+def _save(calls):
+    if not calls:
+        return 0
+    with transaction.atomic():
+        Call.objects.bulk_update(calls, ["cost_usd"], batch_size=BATCH)
+    count = len(calls)
+    calls.clear()
+    return count
