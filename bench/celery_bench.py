@@ -189,8 +189,14 @@ def drained(ids):
     span = calls.aggregate(first=Min("started_at"), last=Max("finished_at"))
     seconds = (span["last"] - span["first"]).total_seconds()
     statuses = dict(calls.values_list("status").annotate(n=Count("id")))
+    # Time inside the task once it has the call (claim, upstream, record), against the time
+    # per job: the difference is Celery's own (message, pool hand-off, ack).
+    spans = [(done - began).total_seconds() for began, done in
+             calls.values_list("started_at", "finished_at") if began and done]
     attempts = dict(calls.values_list("attempt_count").annotate(n=Count("id")))
     return {"jobs": len(ids), "seconds": round(seconds, 3),
+            "ms_per_job": round(seconds / len(ids) * 1000, 3) if ids else None,
+            "ms_in_task_after_claim": round(statistics.mean(spans) * 1000, 3) if spans else None,
             "jobs_per_s": round(len(ids) / seconds, 1) if seconds else None,
             "statuses": statuses, "attempt_counts": {str(k): v for k, v in attempts.items()}}
 
@@ -293,6 +299,34 @@ def forget(ids):
         Call.objects.filter(pk__in=ids[start:start + 500]).delete()
 
 
+def phase_noop(count, concurrency, env, workdir, redis_url):
+    """Celery's own floor: ``count`` no-op tasks with perform_call's options, one worker."""
+    import redis
+
+    from bench.celery_noop import noop
+
+    queue = f"bench-noop-{os.getpid()}-{uuid.uuid4().hex[:4]}"
+    key = f"bench:noop:{queue}"
+    for _ in range(count):
+        noop.apply_async(args=(key,), queue=queue)
+    client = redis.Redis.from_url(redis_url)
+    worker = Worker(queue, concurrency, env, workdir)
+    try:
+        deadline = time.monotonic() + max(120, count / 10)
+        while int(client.get(key) or 0) < count:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no-op tasks not done:\n{worker.log_tail()}")
+            time.sleep(0.1)
+    finally:
+        worker.stop()
+        purge(queue, redis_url)
+    seconds = float(client.get(f"{key}:last")) - float(client.get(f"{key}:first"))
+    client.delete(key, f"{key}:first", f"{key}:last")
+    return {"kind": "no-op task", "concurrency": concurrency, "jobs": count,
+            "seconds": round(seconds, 3), "jobs_per_s": round(count / seconds, 1),
+            "ms_per_job": round(seconds / count * 1000, 3)}
+
+
 def phase_drain(count, cap, delay, env, workdir, redis_url, standin):
     from django.test import override_settings
 
@@ -370,13 +404,17 @@ def print_table(results):
         lines.append(f"  {name:<42}{fig['p50_ms']:>9}{fig['p99_ms']:>9}{fig['mean_ms']:>9}"
                      f"{fig['per_s']:>9}")
     header = (f"{'through one worker':<44}{'jobs':>9}{'jobs/s':>9}{'in flight':>10}"
-              f"{'ok':>7}")
+              f"{'ok':>7}{'ms/job':>9}{'in task':>9}")
     lines += ["", header]
     for fig in results["throughput"]:
         name = f"  {fig['kind']}, prefork concurrency {fig['concurrency']}"
         ok = fig["statuses"].get("succeeded", 0)
         lines.append(f"{name:<44}{fig['jobs']:>9}{fig['jobs_per_s']:>9}"
-                     f"{fig['max_in_flight']:>10}{ok:>7}")
+                     f"{fig['max_in_flight']:>10}{ok:>7}{fig['ms_per_job']:>9}"
+                     f"{fig['ms_in_task_after_claim']:>9}")
+    for fig in results.get("celery_floor", []):
+        name = f"  no-op task (Celery alone), prefork {fig['concurrency']}"
+        lines.append(f"{name:<44}{fig['jobs']:>9}{fig['jobs_per_s']:>9}{'':>10}{'':>7}")
     drain = results.get("drain")
     if drain:
         title = (f"drain of {drain['jobs']} jobs (chat + image) under CONCURRENCY "
@@ -456,6 +494,11 @@ def main(argv=None):
         log.info("enqueue cost: %d calls", args.enqueue)
         results["enqueue"] = phase_enqueue(args.enqueue, redis_url)
         results["throughput"] = []
+        results["celery_floor"] = []
+        for concurrency in (1, 2):
+            log.info("Celery's floor: %d no-op tasks, prefork %d", args.jobs, concurrency)
+            results["celery_floor"].append(phase_noop(args.jobs, concurrency, env, workdir,
+                                                      redis_url))
         for kind in ("chat", "image"):
             for concurrency in (1, 2):
                 log.info("throughput: %d %s jobs, prefork %d", args.jobs, kind, concurrency)

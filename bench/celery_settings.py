@@ -15,3 +15,5 @@ from project.settings import OPENAI_DJANGO
 OPENAI_DJANGO = {**OPENAI_DJANGO, **json.loads(os.environ.get("BENCH_OPENAI_DJANGO") or "{}")}
 # No periodic tasks, no start-up noise: every message in the queue is a job being measured.
 CELERY_BEAT_SCHEDULE = {}
+# The no-op task that measures Celery's own floor.
+CELERY_IMPORTS = ["bench.celery_noop"]
