@@ -116,7 +116,7 @@ class CallAdmin(ReplayMixin, UsageMixin, ExportMixin, admin.ModelAdmin):
     """Read-only admin for the call log, with replay, compare, usage and export views."""
 
     list_display = ("created_display", "operation_display", "model_display", "user_display",
-                    "key_display", "status_display", "response_status", "latency_display",
+                    "key_display", "status_display", "http_display", "latency_display",
                     "tokens_display", "cost_display", "markers", "prompt_display")
     list_display_links = ("created_display",)
     list_select_related = ("user", "api_key")
@@ -221,6 +221,10 @@ class CallAdmin(ReplayMixin, UsageMixin, ExportMixin, admin.ModelAdmin):
                            'aria-label="{}">', helpers.ACTION_CHECKBOX_NAME, call.pk,
                            _("Select this object for an action - %s") % call)
 
+    @admin.display(description=_("HTTP"))
+    def http_display(self, call):
+        return call.response_status or "—"
+
     @admin.display(description=_("latency"))
     def latency_display(self, call):
         return format_ms(call.latency_ms)
@@ -248,6 +252,8 @@ class CallAdmin(ReplayMixin, UsageMixin, ExportMixin, admin.ModelAdmin):
             marks.append(("replay", _("replay"), _("Replay of %s") % call.replay_of_id))
         if call.metadata_only:
             marks.append(("meta", _("meta"), _("Metadata only: no bodies recorded")))
+        if not marks:
+            return mark_safe("<span></span>")  # blank, not the admin's "-" for empty values
         return format_html_join("", '<span class="od-mark od-mark-{}" title="{}">{}</span>',
                                 ((cls, title, label) for cls, label, title in marks))
 

@@ -11,6 +11,7 @@ Charts are inline SVG drawn here: the page loads nothing from anywhere else.
 """
 
 import datetime
+import logging
 from decimal import Decimal
 from urllib.parse import urlencode
 
@@ -18,7 +19,7 @@ from django import forms
 from django.contrib.auth import get_user_model
 from django.core.cache import cache
 from django.core.exceptions import PermissionDenied
-from django.db import connections
+from django.db import DatabaseError, connections
 from django.db.models import Count, F, Func, Q, Sum
 from django.db.models.functions import TruncDate
 from django.urls import reverse
@@ -27,6 +28,10 @@ from django.utils.translation import gettext_lazy as _
 
 from openai_django.models import APIKey, Call
 
+logger = logging.getLogger("openai_django.admin")
+
+USAGE_INDEX = "od_call_usage"
+MICRO_USD = Decimal("0.000001")
 DEFAULT_DAYS = 30
 CACHE_PREFIX = "openai_django:usage"
 CACHE_SECONDS = 6 * 3600
@@ -155,8 +160,37 @@ def _fmt_cost(value):
 
 
 def _measure_values(row):
-    return {key: row.get(key) or (Decimal(0) if key == "cost" else 0)
-            for key in ("calls", "failed", "prompt", "completion", "tokens", "cost")}
+    values = {key: row.get(key) or 0
+              for key in ("calls", "failed", "prompt", "completion", "tokens")}
+    cost = row.get("cost") or 0
+    values["cost"] = cost if isinstance(cost, Decimal) else \
+        Decimal(str(cost)).quantize(MICRO_USD)
+    return values
+
+
+def _grouped(queryset, using):
+    """The rows of an aggregate ``queryset`` as dicts. On SQLite the query names the covering
+    index: with its statistics SQLite prefers a skip-scan of ``od_call_model_created`` or
+    ``od_call_user_created``, which reads every row and is three times slower."""
+    connection = connections[using]
+    if connection.vendor != "sqlite":
+        yield from queryset
+        return
+    sql, params = queryset.query.sql_with_params()
+    quote = connection.ops.quote_name
+    table = quote(Call._meta.db_table)
+    hinted = sql.replace(f"FROM {table}", f"FROM {table} INDEXED BY {quote(USAGE_INDEX)}", 1)
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(hinted, params)
+            names = [column[0] for column in cursor.description]
+            rows = cursor.fetchall()
+    except DatabaseError:  # the index is missing (migration not applied): let SQLite choose
+        logger.warning("Index %s not found; the usage dashboard reads the rows", USAGE_INDEX)
+        yield from queryset
+        return
+    for row in rows:
+        yield dict(zip(names, row))
 
 
 def _query_days(first, last, using):
@@ -170,11 +204,11 @@ def _query_days(first, last, using):
              .annotate(day=day_expression(using)))
     days = {first + datetime.timedelta(days=i): {"models": {}, "keys": {}}
             for i in range((last - first).days + 1)}
-    for row in calls.values("day", "model").annotate(**_measures()):
+    for row in _grouped(calls.values("day", "model").annotate(**_measures()), using):
         day = days.get(_as_date(row["day"]))
         if day is not None:
             day["models"][row["model"] or ""] = _measure_values(row)
-    for row in calls.values("day", "user", "api_key").annotate(**_measures()):
+    for row in _grouped(calls.values("day", "user", "api_key").annotate(**_measures()), using):
         day = days.get(_as_date(row["day"]))
         if day is not None:
             day["keys"][(row["user"], row["api_key"])] = _measure_values(row)
