@@ -150,10 +150,10 @@ def test_screenshots_of_the_main_pages(page, live_server, admin_user, sdk, upstr
 
     login(page, live_server)
     shot(page, screenshots_dir, "10-list-all-kinds")
-    for call in Call.objects.order_by("created"):
+    for number, call in enumerate(Call.objects.order_by("created"), start=1):
         page.goto(f"{live_server.url}/admin/openai_django/call/{call.pk}/change/")
         page.locator(".od-summary").wait_for()
-        shot(page, screenshots_dir, f"11-call-{call.operation}")
+        shot(page, screenshots_dir, f"11-call-{number:02d}-{call.operation}")
     page.goto(f"{live_server.url}/admin/openai_django/call/usage/")
     assert page.locator(".od-chart svg rect").count() > 0
     shot(page, screenshots_dir, "20-usage")
@@ -171,7 +171,15 @@ def test_screenshots_of_the_main_pages(page, live_server, admin_user, sdk, upstr
     page.locator(".od-groups").wait_for()
     shot(page, screenshots_dir, "22-compare-report")
 
+    page.goto(f"{live_server.url}/admin/openai_django/apikey/add/")
+    page.fill("#id_user", str(admin_user.pk))
+    page.fill("#id_name", "nightly export")
+    page.click("input[name=_save]")
+    secret = page.locator("#od-new-key").inner_text()
+    assert secret.startswith("sk-od-")
+    shot(page, screenshots_dir, "32-key-created")
     page.goto(f"{live_server.url}/admin/openai_django/apikey/")
+    assert secret not in page.content()
     shot(page, screenshots_dir, "30-keys")
     page.goto(f"{live_server.url}/admin/openai_django/apikey/{key.pk}/change/")
     shot(page, screenshots_dir, "31-key")

@@ -70,6 +70,9 @@ class APIKeyAdmin(admin.ModelAdmin):
     )
     change_form_template = "openai_django/admin/apikey_change_form.html"
 
+    class Media:
+        css = {"all": ("openai_django/admin.css",)}
+
     # -- display ---------------------------------------------------------------------------
 
     @admin.display(description=_("key"))
