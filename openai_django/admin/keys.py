@@ -6,6 +6,8 @@ answers the "add" form, which is never cached and never goes through the message
 characters. Keys are revoked, not deleted, so the calls made with them keep their attribution.
 """
 
+from types import MappingProxyType
+
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.utils import unquote
@@ -71,7 +73,7 @@ class APIKeyAdmin(admin.ModelAdmin):
     change_form_template = "openai_django/admin/apikey_change_form.html"
 
     class Media:
-        css = {"all": ("openai_django/admin.css",)}
+        css = MappingProxyType({"all": ("openai_django/admin.css",)})
 
     # -- display ---------------------------------------------------------------------------
 
