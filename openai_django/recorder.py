@@ -17,6 +17,7 @@ from openai_django import signals, writer
 from openai_django.artifacts import FetchRefused, failed_artifact, fetch_image, save_artifact
 from openai_django.conf import app_settings
 from openai_django.models import Artifact, Call
+from openai_django.upstream import SSEParser
 
 logger = logging.getLogger("openai_django.recorder")
 
@@ -344,7 +345,7 @@ def _finish_fields(call):
             "response_content_type", "response_body", "response_text", "stream_events",
             "output_text", "upstream_request_id", "error", "prompt_tokens", "completion_tokens",
             "total_tokens", "cost_usd", "latency_ms", "upstream_latency_ms", "first_byte_ms",
-            "attempts", "attempt_count", "redacted", "payload", "started_at"]
+            "attempts", "attempt_count", "redacted", "payload", "started_at", "stream"]
 
 
 def _recorded_headers(headers):
@@ -369,6 +370,13 @@ def finish(call, response, *, started=None, outcome=None, events=None, stream_do
     if getattr(call, "unrecorded", False):
         return _end_unrecorded(call, response, outcome, 200 <= response.status < 300)
     bodies = not call.metadata_only
+    if events is None and response.is_event_stream and response.body:
+        # A stream read whole (a background call or a replay of a streamed request, where no
+        # client waits for the events): recorded as the stream it was.
+        parser = SSEParser()
+        parser.feed(response.body)
+        events, stream_done = parser.events, parser.done
+        call.stream = True
     call.response_status = response.status
     call.response_headers = _recorded_headers(response.headers)
     call.response_content_type = response.content_type[:100]

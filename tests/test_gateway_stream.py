@@ -163,3 +163,25 @@ def test_requests_library_sees_a_clean_end(http, upstream):
     body = response.content
     assert body.endswith(b"data: [DONE]\n\n")
     assert isinstance(response, requests.Response)
+
+
+def test_a_stream_read_whole_is_recorded_as_a_stream(upstream, user, media_root):
+    """A background call (or a replay) of a streamed request has no client to relay to: the
+    upstream's events are read whole and still recorded as events, text, tokens and cost."""
+    import orjson
+
+    from openai_django import gateway, recorder
+    from openai_django.spec import get_registry
+
+    body = {**CHAT, "stream_options": {"include_usage": True}}
+    invocation = gateway.Invocation(
+        operation=get_registry()["createChatCompletion"], body=body,
+        raw_body=orjson.dumps(body), user=user, mode=Call.Mode.ASYNC)
+    call = recorder.start(invocation, status=Call.Status.QUEUED, keep_payload=True)
+    result = gateway.run(invocation, call=call)
+    assert result.stream is None
+    call.refresh_from_db()
+    assert call.stream and call.status == Call.Status.SUCCEEDED
+    assert call.stream_events and call.output_text
+    assert call.total_tokens and call.cost_usd is not None
+    assert call.response_text == ""
