@@ -314,7 +314,9 @@ def invocation_from_call(call, *, overrides=None, mode=None, source=None, replay
         raw_body=raw_body, files=files,
         headers={k: v for k, v in (call.request_headers or {}).items() if k != "authorization"},
         user=user if user is not None else call.user,
-        api_key=api_key if api_key is not None else call.api_key,
+        # A replay made by someone else is theirs, not made with the original caller's key.
+        api_key=api_key if api_key is not None else (
+            call.api_key if user is None or user.pk == call.user_id else None),
         mode=mode or call.mode, source=source or call.source,
         replay_of_id=replay_of.pk if replay_of is not None else call.replay_of_id,
         # Only a new record (a replay) needs the target object; performing a queued call

@@ -210,3 +210,16 @@ def test_diff_escapes_text(replayer_client, sdk, eager_celery):
     replayer_client.post(f"{LIST}{original.pk}/replay/", {"model": "gpt-4o"})
     text = replayer_client.get(f"{LIST}{original.replays.get().pk}/compare/").content.decode()
     assert "<img src=x onerror" not in text and "&lt;img src=x onerror=alert(1)&gt;" in text
+
+
+def test_a_replay_keeps_the_attached_object_but_not_the_key_or_callback(
+        replayer_client, replayer, sdk, upstream, eager_celery, user):
+    original = chat(sdk)
+    original.target = user  # any model instance of the site: here, the caller's own user
+    original.callback = "tests.nowhere.done"
+    original.save(update_fields=["target_type", "target_id", "callback"])
+    replayer_client.post(f"{LIST}{original.pk}/replay/", {"model": ""})
+    replay = original.replays.get()
+    assert replay.target == user
+    assert list(Call.objects.for_object(user).order_by("created")) == [original, replay]
+    assert replay.api_key is None and replay.callback == ""

@@ -81,9 +81,8 @@ def build_replay(original, *, user, overrides=None, body=None, files=None):
         )
     except ValueError as exc:
         raise ReplayError(str(exc)) from None
-    invocation.api_key = None
-    invocation.callback = ""
-    invocation.target = None
+    # Like tasks.replay(): the replay is the admin's (no client key), keeps the object the
+    # original was attached to, and sends no callback (invocation_from_call sees to both).
     if body is not None:
         invocation.body = body
         invocation.raw_body = None
