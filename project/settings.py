@@ -192,6 +192,8 @@ if CELERY_BROKER_URL == "filesystem://":
         "processed_folder": str(_broker_dir / "processed"),
         # kombu's default is a "control" folder in the working directory.
         "control_folder": str(_broker_dir / "control"),
+        # kombu polls the folder once a second by default: a job would wait up to 1 s.
+        "polling_interval": 0.1,
         "store_processed": False,
     }
 CELERY_TASK_IGNORE_RESULT = True
