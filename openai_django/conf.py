@@ -67,9 +67,9 @@ DEFAULTS = {
     # artifacts; ``X-Call-Id`` still carries a fresh id that matches no row): the benchmark's
     # "recording off" baseline, and a kill switch for a site that only wants the proxy.
     "RECORD": True,
-    # Group commit: one thread per process writes the calls' rows in batches, each request
-    # still waiting for its own row to be committed (openai_django/writer.py). Worth it under
-    # concurrency, above all on SQLite; see docs/performance.md.
+    # Group commit: concurrent calls' rows are written in shared transactions by whichever
+    # request thread gets there first, each request still waiting for its own row to be
+    # committed (openai_django/writer.py). Worth it under concurrency, above all on SQLite.
     "WRITER": False,
     # What to record. Operations listed in METADATA_ONLY_OPERATIONS keep no bodies/artifacts.
     "RECORD_BODIES": True,

@@ -272,7 +272,7 @@ class Call(models.Model):
         verbose_name_plural = _("calls")
         ordering = ["-created"]
         permissions = [("replay_call", _("Can replay calls"))]
-        # Chosen for PostgreSQL at millions of rows (EXPLAIN figures in docs/deployment.md):
+        # Chosen for PostgreSQL at millions of rows (EXPLAIN figures in the README, "Deployment"):
         # every index costs each INSERT, so the foreign keys covered by a composite index get
         # none of their own, and rare values get partial indexes that stay small.
         indexes = [

@@ -199,7 +199,7 @@ if CELERY_BROKER_URL == "filesystem://":
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
 # One message reserved per worker process: a worker that dies takes no others' calls with it,
-# and a burst spreads over every free process (see docs/background.md).
+# and a burst spreads over every free process (see "Reliability" in the README).
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 # Celery's Django fixup closes the database connection before and after every task unless
 # this is set (then: every 1,000 tasks); the task applies CONN_MAX_AGE itself, as a request.

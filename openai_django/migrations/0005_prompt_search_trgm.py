@@ -4,7 +4,7 @@ The admin searches ``prompt_preview`` with ``icontains`` (``UPPER(prompt_preview
 UPPER('%word%')``). Without an index that is a scan of the whole table for a rare word, and
 the planner, having no statistics for the expression, also picks a scan for a common one. A
 GIN trigram index on the same expression serves the rare words and gives the planner the
-statistics to walk the date index for the common ones (EXPLAIN figures in docs/admin.md).
+statistics to walk the date index for the common ones (EXPLAIN figures in the README, "The admin").
 GIN's pending list keeps the cost of an INSERT about what it was.
 
 It needs the ``pg_trgm`` extension (trusted since PostgreSQL 13: a database owner may create
