@@ -8,7 +8,8 @@ and whether a concurrency cap holds while 1,000 jobs drain through several worke
 It prints a table and writes the figures as JSON (``bench/results/celery.json`` by default).
 It starts, on 127.0.0.1 and on ports it picks, and stops by the process ids it started: a
 stand-in upstream in fast mode, Celery workers (``celery -A project worker``, prefork) with the
-Redis broker, and a Redis of its own unless ``--redis URL`` names one. The database is ``DATABASE_URL`` when set (as ``python -m bench`` does), else a tuned
+Redis broker, and a Redis of its own unless ``--redis URL`` names one. The database is
+``DATABASE_URL`` when set (as ``python -m bench`` does), else a tuned
 SQLite under a temporary folder.
 
 Figures:
@@ -98,7 +99,7 @@ class Worker:
         env = dict(env)
         env["BENCH_OPENAI_DJANGO"] = json.dumps({"TASK_QUEUE": queue, **(overrides or {})})
         self.log_path = Path(workdir) / f"{self.name}.log"
-        self._log = open(self.log_path, "wb")  # noqa: SIM115 - open for the worker's life
+        self._log = open(self.log_path, "wb")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "project", "worker", "-Q", queue,
              "-c", str(concurrency), "-P", "prefork", "-n", f"{self.name}@%h",
@@ -428,7 +429,7 @@ def print_table(results):
                 f"their stored image: {drain['image_calls_with_stored_image']}/"
                 f"{drain['image_calls']}")
         lines += ["", title, body]
-    print("\n".join(lines))  # noqa: T201 - the benchmark's report
+    print("\n".join(lines))
 
 
 def main(argv=None):

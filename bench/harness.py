@@ -282,7 +282,7 @@ class Harness:
             with psycopg.connect(admin, autocommit=True, connect_timeout=5) as conn:
                 conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
                 conn.execute(f'CREATE DATABASE "{name}"')
-        except Exception as exc:  # noqa: BLE001 - no PostgreSQL is not an error for the bench
+        except Exception as exc:
             log.warning("PostgreSQL at %s not usable: %s", base_url, exc)
             return None
         self._drop_pg = (admin, name)

@@ -375,7 +375,7 @@ def make_users(count, rng):
     ids = dict(User._default_manager.filter(**{f"{name_field}__in": names})
                .values_list(name_field, "pk"))
     keys = {}
-    for i, name in enumerate(names):
+    for name in names:
         user_id = ids[name]
         mine = list(APIKey.objects.filter(user_id=user_id).values_list("pk", flat=True))
         if not mine:

@@ -7,5 +7,8 @@ class OpenAIDjangoConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self):
-        from openai_django import checks, handlers  # noqa: F401 - registers checks/receivers
-        from openai_django import retention  # noqa: F401 - registers the periodic purge task
+        from openai_django import (  # noqa: F401 - registers checks/receivers
+            checks,
+            handlers,
+            retention,
+        )

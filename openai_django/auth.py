@@ -42,7 +42,7 @@ def _state_query():
     quote = connection.ops.quote_name
     try:
         active_column = user_model._meta.get_field("is_active").column
-    except Exception:  # noqa: BLE001 - a custom user model without the field
+    except Exception:
         _state_sql[vendor] = None
         return None
     keys = APIKey._meta

@@ -90,7 +90,7 @@ class Lease:
         if held:
             try:
                 self.backend.release(held)
-            except Exception:  # noqa: BLE001 - the lease expires anyway; never lose the call
+            except Exception:
                 logger.exception("Could not release concurrency leases %s", held)
 
 

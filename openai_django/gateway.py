@@ -192,7 +192,7 @@ def run(invocation, call=None):
         return Result(call, response.status, _client_headers(response, call), stream=relay)
     try:
         recorder.finish(call, response, started=invocation.started)
-    except Exception as exc:  # noqa: BLE001 - the upstream answered: never lose that answer
+    except Exception as exc:
         logger.exception("Could not finish the record of call %s", call.pk)
         recorder.fail(call, exc, started=invocation.started, outcome=Call.Outcome.ERROR)
     if call.outcome == Call.Outcome.BAD_RESPONSE:
@@ -236,7 +236,7 @@ class StreamRelay:
             else:
                 recorder.finish(self.call, response, started=self.started, events=events,
                                 stream_done=self.parser.done)
-        except Exception:  # noqa: BLE001 - logged; the client already has its stream
+        except Exception:
             logger.exception("Could not finish the record of stream call %s", self.call.pk)
 
     def _relay(self):

@@ -475,7 +475,8 @@ def compact(body):
         if isinstance(item, dict):
             item = dict(item)
             if isinstance(item.get("b64_json"), str):
-                item["b64_json"] = f"<{len(item['b64_json'])} base64 characters, kept as an artifact>"
+                item["b64_json"] = (
+                    f"<{len(item['b64_json'])} base64 characters, kept as an artifact>")
             embedding = item.get("embedding")
             if isinstance(embedding, list):
                 item["embedding"] = {"dimensions": len(embedding), "preview": embedding[:8]}
@@ -504,7 +505,7 @@ def _output_artifacts(call, body):
             url = item["url"]
             try:
                 data, content_type = fetch_image(url)
-            except (FetchRefused, OSError, Exception) as exc:  # noqa: BLE001 - recorded below
+            except (FetchRefused, OSError, Exception) as exc:
                 logger.warning("Generated image of call %s not fetched: %s", call.pk, exc)
                 failed_artifact(call, Artifact.Role.GENERATED_IMAGE, exc, index=index,
                                 name=f"image-{index}.png", source_url=url)
@@ -549,7 +550,7 @@ def _send_signal(call):
         else signals.call_failed
     try:
         signal.send(sender=Call, call=call)
-    except Exception:  # noqa: BLE001 - a receiver's bug must not lose the caller's answer
+    except Exception:
         logger.exception("A receiver of %s failed for call %s", signal, call.pk)
 
 

@@ -177,7 +177,7 @@ def redact_stream_events(events):
         for index, holder, key in _delta_text_slots(event):
             pieces.setdefault(index, []).append((position, holder, key))
     replaced = {}
-    for index, slots in pieces.items():
+    for slots in pieces.values():
         texts = [holder[key] for _, holder, key in slots]
         whole = "".join(texts)
         spans = _mask_spans(whole)

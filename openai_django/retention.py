@@ -228,7 +228,7 @@ def _delete_files(report, artifacts):
     for artifact in artifacts.only("pk", "file", "call_id"):
         try:
             artifact.file.storage.delete(artifact.file.name)
-        except Exception as exc:  # noqa: BLE001 - any storage error: report, retry next run
+        except Exception as exc:
             logger.error("Could not delete artifact file %s of call %s: %s",
                          artifact.file.name, artifact.call_id, exc)
             report.errors.append(f"artifact {artifact.pk}: {type(exc).__name__}: {exc}")

@@ -106,7 +106,7 @@ def submit_invocation(invocation):
 def _publish_first(call, *, raise_errors):
     try:
         enqueue(call.pk, 1)
-    except Exception as exc:  # noqa: BLE001 - any broker failure: the record must say so
+    except Exception as exc:
         logger.exception("Could not queue call %s", call.pk)
         error = QueueUnavailable()
         recorder.fail(call, error, outcome=Call.Outcome.ERROR)
@@ -164,7 +164,7 @@ def send_callback(call):
                 task.apply_async(args=(call_id,))
             else:
                 app.send_task(name, args=(call_id,))
-        except Exception:  # noqa: BLE001 - the call itself is done and recorded
+        except Exception:
             logger.exception("Could not send callback %s for call %s", name, call_id)
 
     transaction.on_commit(publish)
@@ -209,7 +209,7 @@ def perform(call_id, attempt=1, task_id=""):
         return "stale"
     try:
         invocation = gateway.invocation_from_call(call)
-    except Exception as exc:  # noqa: BLE001 - e.g. an input file gone from storage
+    except Exception as exc:
         logger.exception("Call %s cannot be rebuilt", call.pk)
         if _claim(call, attempt, task_id, None):
             call.attempts[-1].update(outcome="error", error=str(exc)[:300], ended=_now_iso())
@@ -228,7 +228,7 @@ def perform(call_id, attempt=1, task_id=""):
         claimed = time.monotonic()
         try:
             response, error = gateway.send(invocation, call), None
-        except Exception as exc:  # noqa: BLE001 - classified in _conclude
+        except Exception as exc:
             response, error = None, exc
         # Stamped before the slot is given back: attempts' [started, ended] spans lie within
         # their leases, so overlaps counted from the log never exceed the cap.
@@ -265,7 +265,7 @@ def _error_message(response):
     try:
         body = orjson.loads(response.body)
         return str(body["error"]["message"])[:300]
-    except Exception:  # noqa: BLE001 - any body: the status says enough
+    except Exception:
         return response.body[:200].decode("utf-8", "replace")
 
 
@@ -298,7 +298,7 @@ def _conclude(call, invocation, attempt, response, error, claimed):
                             entry.get("status") or entry["outcome"], delay)
                 try:
                     enqueue(call.pk, attempt + 1, countdown=delay)
-                except Exception as exc:  # noqa: BLE001 - recorded: nothing will retry it
+                except Exception as exc:
                     logger.exception("Could not queue the retry of call %s", call.pk)
                     recorder.fail(call, QueueUnavailable(
                         "The retry of this call could not be queued."),
@@ -318,7 +318,7 @@ def _conclude(call, invocation, attempt, response, error, claimed):
     if response is not None:
         try:
             recorder.finish(call, response, started=invocation.started, outcome=outcome)
-        except Exception as exc:  # noqa: BLE001 - the upstream answered: never lose that
+        except Exception as exc:
             logger.exception("Could not finish the record of call %s", call.pk)
             recorder.fail(call, exc, started=invocation.started, outcome=Call.Outcome.ERROR)
     else:
@@ -543,5 +543,5 @@ def _sweep_on_worker_ready(sender=None, **kwargs):
     (that matters with the filesystem broker, which cannot redeliver)."""
     try:
         sweep_stale_calls.apply_async(**_queue_options())
-    except Exception:  # noqa: BLE001 - the periodic sweep will do it
+    except Exception:
         logger.exception("Could not send the start-up sweep")

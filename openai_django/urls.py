@@ -21,7 +21,7 @@ def _view(view_class, **initkwargs):
 
 def _operation_patterns():
     patterns = []
-    for spec_path, operations in get_registry().by_path().items():
+    for operations in get_registry().by_path().values():
         view = _view(views.OperationView, operations=operations)
         route = "v1/" + next(iter(operations.values())).route
         # One pattern per operation, all to the same view, so reverse() works by operationId;

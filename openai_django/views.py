@@ -146,7 +146,7 @@ class OperationView(GatewayAPIView):
         try:
             key = authenticate_key(request.META.get("HTTP_AUTHORIZATION", ""))
             return self.perform(_KeyedRequest(request, key), kwargs)
-        except Exception as exc:  # noqa: BLE001 - turned into an OpenAI error body
+        except Exception as exc:
             return self.handle_exception(exc)
 
     def get(self, request, **kwargs):

@@ -70,7 +70,7 @@ class Writer:
                 cond.release()
                 try:
                     self._write(batch)
-                except BaseException as exc:  # noqa: BLE001 - handed to every waiter
+                except BaseException as exc:
                     for other in batch:
                         other.error = other.error or exc
                 finally:
@@ -90,7 +90,7 @@ class Writer:
             try:
                 with conn.cursor() as cursor:
                     cursor.execute(item.sql, item.params)
-            except BaseException as exc:  # noqa: BLE001 - handed to its caller
+            except BaseException as exc:
                 item.error = exc
             return
         try:
@@ -106,7 +106,7 @@ class Writer:
             try:
                 with conn.cursor() as cursor:
                     cursor.execute(item.sql, item.params)
-            except BaseException as exc:  # noqa: BLE001 - handed to its caller
+            except BaseException as exc:
                 item.error = exc
 
 

@@ -8,6 +8,7 @@ from django.contrib import admin
 from django.test import Client
 from django.urls import path
 
+from openai_django.admin import register
 from openai_django.models import APIKey, hash_key
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("clean_cache")]
@@ -104,8 +105,6 @@ def test_revoke_needs_change_permission(client, user):
 # -- a site with its own AdminSite ----------------------------------------------------------
 
 site = admin.AdminSite(name="backoffice")
-from openai_django.admin import register
-
 register(site)
 urlpatterns = [path("backoffice/", site.urls)]
 

@@ -160,7 +160,8 @@ def test_recompute_costs_after_the_price_table_changed(admin_client, user, setti
     old.refresh_from_db()
     other.refresh_from_db()
     assert old.cost_usd == Decimal("2.000000")
-    assert other.cost_usd == Decimal("0.000004")  # 0.0000045 (10 x 0.00015/1K + 5 x 0.0006/1K), rounded half even
+    # 0.0000045 (10 x 0.00015/1K + 5 x 0.0006/1K), rounded half even
+    assert other.cost_usd == Decimal("0.000004")
 
 
 def test_recompute_needs_the_change_permission(viewer_client, user):

@@ -1,5 +1,6 @@
 """A fresh Django site gets the whole gateway by following the README's installation section:
-the package installed as a wheel, a custom user model, a custom admin site, the URLs under a prefix of its own."""
+the package installed as a wheel, a custom user model, a custom admin site, the URLs under a
+prefix of its own."""
 
 import json
 import re

@@ -17,7 +17,8 @@ def last_call():
 
 
 def test_chat_completion_is_forwarded_and_recorded(http, upstream, user):
-    raw = b'{"model": "gpt-4o-mini",  "messages": [{"role": "user", "content": "Say hello to Ada"}],' \
+    raw = b'{"model": "gpt-4o-mini",  "messages": [{"role": "user", ' \
+          b'"content": "Say hello to Ada"}],' \
           b' "seed": 42, "tools": [{"type": "function", "function": {"name": "f"}}]}'
     response = http.post(f"{http.base}/chat/completions", data=raw,
                          headers={"Content-Type": "application/json",
@@ -196,7 +197,8 @@ def test_deprecated_operations_are_mirrored(http, upstream):
     assert answer.status_code == 200, answer.text
     classification = http.post(f"{http.base}/classifications", json={
         "model": "curie", "query": "It is a rainy day :(",
-        "examples": [["A happy moment", "Positive"], ["I am sad.", "Negative"]], "labels": ["Positive", "Negative"]})
+        "examples": [["A happy moment", "Positive"], ["I am sad.", "Negative"]],
+        "labels": ["Positive", "Negative"]})
     assert classification.status_code == 200, classification.text
     edit = http.post(f"{http.base}/edits", json={
         "model": "text-davinci-edit-001", "input": "What day of the wek is it?",

@@ -472,7 +472,7 @@ class CallAdmin(ReplayMixin, UsageMixin, ExportMixin, admin.ModelAdmin):
         try:
             return reverse(f"{self.admin_site.name}:{opts.app_label}_{opts.model_name}_change",
                            args=[user.pk])
-        except Exception:  # noqa: BLE001 - a user admin without a change page
+        except Exception:
             return ""
 
     # -- artifacts and bodies --------------------------------------------------------------

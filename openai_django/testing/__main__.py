@@ -1,4 +1,5 @@
-"""``python -m openai_django.testing`` is the same as ``python -m openai_django.testing.upstream``."""
+"""``python -m openai_django.testing`` is the same as
+``python -m openai_django.testing.upstream``."""
 
 import sys
 

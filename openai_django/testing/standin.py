@@ -116,7 +116,7 @@ class StandinServer:
                 self.ca_file = make_self_signed_cert(self.workdir)
             self.log_path = os.path.join(self.workdir, "server.log")
             # Kept open for the life of the child process, which writes its stderr there.
-            self._log_file = open(self.log_path, "wb")  # noqa: SIM115
+            self._log_file = open(self.log_path, "wb")
             env = dict(os.environ)
             env["PYTHONPATH"] = os.pathsep.join(
                 p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH")) if p)

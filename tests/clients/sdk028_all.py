@@ -20,7 +20,7 @@ def report(op, fn):
     try:
         detail = fn()
         print(json.dumps({"op": op, "ok": True, "detail": detail}), flush=True)
-    except Exception as exc:  # noqa: BLE001 - the report is the point of this script
+    except Exception as exc:
         print(json.dumps({"op": op, "ok": False, "detail": f"{type(exc).__name__}: {exc}"}),
               flush=True)
 
