@@ -1,28 +1,19 @@
 """The gateway against an independent upstream: Prism (from npm) mocking the bundled spec.
 
-Prism checks every request it receives against the spec (a request the gateway mangled gets a
-422) and answers bodies made from the spec's response schemas, so this covers every
-non-streaming operation with an upstream this project did not write.
+Prism (the session fixture ``prism`` in tests/fixtures/services.py) checks every request it
+receives against the spec (a request the gateway mangled gets a 422) and answers bodies made
+from the spec's response schemas, so this covers every non-streaming operation with an
+upstream this project did not write.
 """
 
-import os
-import signal
-import socket
-import subprocess
-import time
-from pathlib import Path
 
 import pytest
-import requests
 
 from openai_django.models import Call
-from openai_django.spec import SPEC_PATH, get_registry
-
-from .fixtures.gateway import ci_requires
+from openai_django.spec import get_registry
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-ROOT = Path(__file__).resolve().parents[1]
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 300
 
 # One valid request per operation: (method, path, json or None, form fields, files).
@@ -81,51 +72,6 @@ REQUESTS = {
 }
 
 
-def prism_binary():
-    for candidate in (os.environ.get("PRISM"), ROOT / "node_modules" / ".bin" / "prism"):
-        if candidate and Path(candidate).exists():
-            return str(candidate)
-    ci_requires("Prism (npm @stoplight/prism-cli)")
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def prism():
-    binary = prism_binary()
-    port = free_port()
-    process = subprocess.Popen(
-        [binary, "mock", "-h", "127.0.0.1", "-p", str(port), "--dynamic", "false",
-         str(SPEC_PATH)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    try:
-        while True:
-            try:
-                # Prism serves the spec's paths without the servers' /v1 prefix.
-                if requests.get(f"{url}/models", timeout=1).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"Prism did not start: {process.stdout.read()!r}")
-            time.sleep(0.2)
-        yield url
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-
-
 def test_the_table_covers_every_operation():
     assert set(REQUESTS) == {op.id for op in get_registry()}
 
@@ -133,7 +79,8 @@ def test_the_table_covers_every_operation():
 @pytest.mark.parametrize("op_id", sorted(REQUESTS))
 def test_operation_through_gateway_to_prism(op_id, prism, live_server, http, settings,
                                             media_root):
-    settings.OPENAI_DJANGO = {"BASE_URL": prism, "API_KEY": "sk-prism-0000"}
+    # Prism serves the spec's paths without the servers' /v1: its origin is the base URL.
+    settings.OPENAI_DJANGO = {"BASE_URL": prism.url, "API_KEY": "sk-prism-0000"}
     method, path, body, form, files = REQUESTS[op_id]
     url = f"{live_server.url}/v1{path}"
     response = http.request(method, url, json=body, data=form, files=files)
