@@ -132,11 +132,12 @@ def cancel(call):
     Returns ``False`` if it is already running or finished: a call the upstream may be
     answering cannot be taken back.
     """
-    if not recorder.transition(call, {"status": Call.Status.QUEUED},
-                               status=Call.Status.CANCELLED, outcome=Call.Outcome.CANCELLED):
-        return False
     error = Conflict("The call was cancelled before it was sent upstream.",
                      code="call_cancelled")
+    if not recorder.transition(call, {"status": Call.Status.QUEUED},
+                               status=Call.Status.CANCELLED, outcome=Call.Outcome.CANCELLED,
+                               error=error.body()["error"], finished_at=timezone.now()):
+        return False
     recorder.fail(call, error, outcome=Call.Outcome.CANCELLED)
     return True
 
@@ -471,11 +472,15 @@ def _recover_lost(call, *, requeue):
         entry["gave_up"] = f"gave up after {attempt} attempts (OPENAI_DJANGO['MAX_ATTEMPTS'])"
     else:
         entry["gave_up"] = "not repeated: this operation may have created an object upstream"
+    error = CallLost()
+    # The claim writes the error and end time with the status, so no reader ever sees a
+    # finished call without them (fail() below completes the rest and sends the signal).
     if not recorder.transition(call, expected, status=Call.Status.FAILED,
-                               outcome=Call.Outcome.LOST, attempts=call.attempts):
+                               outcome=Call.Outcome.LOST, attempts=call.attempts,
+                               error=error.body()["error"], finished_at=timezone.now()):
         return None
     logger.warning("Call %s was lost with its worker; marked lost", call.pk)
-    recorder.fail(call, CallLost(), outcome=Call.Outcome.LOST)
+    recorder.fail(call, error, outcome=Call.Outcome.LOST)
     return None
 
 
@@ -507,12 +512,14 @@ def sweep():
                 counts["requeued"] += 1
             elif call.outcome == Call.Outcome.LOST:
                 counts["lost"] += 1
-        elif stale and recorder.transition(call, {"status": Call.Status.RUNNING},
-                                           status=Call.Status.FAILED,
-                                           outcome=Call.Outcome.LOST):
-            recorder.fail(call, CallLost("The process serving this call was lost before it "
-                                         "finished."), outcome=Call.Outcome.LOST)
-            counts["lost"] += 1
+        else:
+            error = CallLost("The process serving this call was lost before it finished.")
+            if stale and recorder.transition(call, {"status": Call.Status.RUNNING},
+                                             status=Call.Status.FAILED,
+                                             outcome=Call.Outcome.LOST,
+                                             error=error.body()["error"], finished_at=now):
+                recorder.fail(call, error, outcome=Call.Outcome.LOST)
+                counts["lost"] += 1
     if app_settings.STALE_QUEUED_AFTER is not None:
         counts["requeued_queued"] = _sweep_queued(now)
     if any(counts.values()):
