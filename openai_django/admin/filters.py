@@ -219,16 +219,39 @@ class InputFilter(admin.SimpleListFilter):
         return ""
 
 
-class UserFilter(InputFilter):
+class LookupFilter(InputFilter):
+    """A typed-in filter that matches a few objects by their fields (never a dropdown of every
+    user or key) and filters the calls on ``field__in`` their ids; looked up once a request."""
+
+    field = None  # the Call field the ids filter on
+    not_found = ""
+
+    def _ids(self):
+        if not hasattr(self, "_found"):
+            self._found = self._lookup_ids()
+        return self._found
+
+    def _lookup_ids(self):
+        raise NotImplementedError
+
+    def describe(self):
+        if not self.value():
+            return ""
+        return "" if self._ids() else self.not_found
+
+    def queryset(self, request, queryset):
+        ids = self._ids()
+        if ids is None:
+            return queryset
+        return queryset.filter(**{f"{self.field}__in": ids})
+
+
+class UserFilter(LookupFilter):
     title = _("user")
     parameter_name = "user"
     placeholder = _("user name or id")
-
-    def _user_ids(self):
-        if hasattr(self, "_ids"):
-            return self._ids
-        self._ids = self._lookup_ids()
-        return self._ids
+    field = "user"
+    not_found = _("no such user")
 
     def _lookup_ids(self):
         value = (self.value() or "").strip()
@@ -243,30 +266,13 @@ class UserFilter(InputFilter):
             logger.debug("%r is not a user id; matching user names only", value)
         return list(User._default_manager.filter(condition).values_list("pk", flat=True)[:5])
 
-    def describe(self):
-        value = self.value()
-        if not value:
-            return ""
-        ids = self._user_ids()
-        return "" if ids else _("no such user")
 
-    def queryset(self, request, queryset):
-        ids = self._user_ids()
-        if ids is None:
-            return queryset
-        return queryset.filter(user__in=ids)
-
-
-class KeyFilter(InputFilter):
+class KeyFilter(LookupFilter):
     title = _("API key")
     parameter_name = "key"
     placeholder = _("key id, prefix or name")
-
-    def _key_ids(self):
-        if hasattr(self, "_ids"):
-            return self._ids
-        self._ids = self._lookup_ids()
-        return self._ids
+    field = "api_key"
+    not_found = _("no such key")
 
     def _lookup_ids(self):
         value = (self.value() or "").strip()
@@ -279,17 +285,6 @@ class KeyFilter(InputFilter):
             prefix, _sep, last4 = value.partition("…")
             condition |= Q(prefix=prefix, last4=last4)
         return list(APIKey.objects.filter(condition).values_list("pk", flat=True)[:20])
-
-    def describe(self):
-        if not self.value():
-            return ""
-        return "" if self._key_ids() else _("no such key")
-
-    def queryset(self, request, queryset):
-        ids = self._key_ids()
-        if ids is None:
-            return queryset
-        return queryset.filter(api_key__in=ids)
 
 
 def parse_uuid(value):
