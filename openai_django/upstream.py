@@ -236,55 +236,38 @@ class UpstreamClient:
         for attempt in (1, 2):
             try:
                 conn, reused = self.pool.get()
-            except TimeoutError as exc:
+            except OSError as exc:  # TimeoutError included
                 if attempt == 1:
                     continue
-                raise UpstreamTimeout(
-                    f"The upstream API did not answer within the timeout: {_reason(exc)}"
-                ) from exc
-            except OSError as exc:
-                if attempt == 1:
-                    continue
-                raise UpstreamUnavailable(
-                    f"The upstream API could not be reached: {_reason(exc)}"
-                ) from exc
+                raise _failure(exc) from exc
             try:
                 conn.request(method, target, body=body, headers=headers)
             except (BrokenPipeError, ConnectionResetError) as exc:
                 conn.close()
                 if reused and attempt == 1:
                     continue
-                raise UpstreamUnavailable(
-                    f"The upstream API could not be reached: {_reason(exc)}"
-                ) from exc
-            except TimeoutError as exc:
-                conn.close()
-                raise UpstreamTimeout(
-                    f"The upstream API did not answer within the timeout: {_reason(exc)}"
-                ) from exc
+                raise _failure(exc) from exc
             except (http.client.HTTPException, OSError) as exc:
                 conn.close()
-                raise UpstreamUnavailable(
-                    f"The upstream API could not be reached: {_reason(exc)}"
-                ) from exc
+                raise _failure(exc) from exc
             try:
                 return conn, conn.getresponse()
-            except TimeoutError as exc:
-                conn.close()
-                raise UpstreamTimeout(
-                    f"The upstream API did not answer within the timeout: {_reason(exc)}"
-                ) from exc
             except (http.client.HTTPException, OSError) as exc:
                 conn.close()
-                raise UpstreamUnavailable(
-                    f"The upstream API could not be reached: {_reason(exc)}"
-                ) from exc
+                raise _failure(exc) from exc
         raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _reason(exc):
-    text = str(exc) or type(exc).__name__
-    return text
+    return str(exc) or type(exc).__name__
+
+
+def _failure(exc):
+    """The gateway error for a request that failed on its way to or from the upstream."""
+    if isinstance(exc, TimeoutError):
+        return UpstreamTimeout(
+            f"The upstream API did not answer within the timeout: {_reason(exc)}")
+    return UpstreamUnavailable(f"The upstream API could not be reached: {_reason(exc)}")
 
 
 def get_client():
