@@ -42,23 +42,34 @@ def test_partial_indexes_and_no_duplicate_foreign_key_indexes():
     assert "purged_at IS NULL" in artifact["od_artifact_stored"]
 
 
-def plan(queryset):
+def plan(queryset, without=()):
     """The plan PostgreSQL picks when it may not scan the table: proves an index *can* serve
-    the query (its WHERE implies the partial index's predicate), whatever the table's size."""
+    the query (its WHERE implies the partial index's predicate), whatever the table's size.
+
+    ``without`` names indexes that could serve the query too (e.g. the usage index, which also
+    leads with ``created``): they are dropped for the plan only, and the drop rolled back, so
+    the choice between two usable indexes on a near-empty table does not decide the test.
+    """
     with transaction.atomic():
         with connection.cursor() as cursor:
             cursor.execute("SET LOCAL enable_seqscan = off")
             cursor.execute("SET LOCAL enable_bitmapscan = off")
-        return queryset.explain()
+            for name in without:
+                cursor.execute(f"DROP INDEX {connection.ops.quote_name(name)}")
+        result = queryset.explain()
+        transaction.set_rollback(True)
+    return result
 
 
 def test_the_apps_queries_use_the_partial_indexes():
     cutoff = timezone.now() - timedelta(days=30)
     batch = retention._expired_bodies(cutoff).order_by("created").values_list("pk")[:500]
-    assert "od_call_bodies_kept" in plan(batch)
+    assert "od_call_bodies_kept" in plan(batch, without=["od_call_usage"])
     stored = retention._stored_artifacts().filter(created__lt=cutoff).order_by("created")
-    assert "od_artifact_stored" in plan(stored.values_list("pk")[:500])
-    assert "od_call_status_created" in plan(Call.objects.failed().order_by("-created")[:100])
+    assert "od_artifact_stored" in plan(stored.values_list("pk")[:500],
+                                        without=["od_artifact_created"])
+    assert "od_call_status_created" in plan(Call.objects.failed().order_by("-created")[:100],
+                                            without=["od_call_usage"])
     assert "od_call_status_created" in plan(
         Call.objects.filter(status__in=[Call.Status.QUEUED, Call.Status.RUNNING]))
     assert "od_call_replay_of" in plan(Call.objects.replays().filter(replay_of_id=Call().id))
