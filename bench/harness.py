@@ -68,51 +68,41 @@ def wait_http(url, timeout=30.0, proc=None):
     raise RuntimeError(f"{url} did not answer within {timeout}s: {last}")
 
 
-def tree_rss_kb(pid):
-    """Resident memory of a process and all its descendants, in KiB (from /proc)."""
-    children = {}
-    rss = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as fh:
-                stat = fh.read()
-            ppid = int(stat.rsplit(")", 1)[1].split()[1])
-            with open(f"/proc/{entry}/statm") as fh:
-                pages = int(fh.read().split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        children.setdefault(ppid, []).append(int(entry))
-        rss[int(entry)] = pages * (os.sysconf("SC_PAGE_SIZE") // 1024)
-    total, todo = 0, [pid]
-    while todo:
-        current = todo.pop()
-        total += rss.get(current, 0)
-        todo.extend(children.get(current, ()))
-    return total
-
-
-def tree_cpu_seconds(pid):
-    """CPU time (user + system) of a process and its live descendants, in seconds."""
-    tick = os.sysconf("SC_CLK_TCK")
-    children, cpu = {}, {}
+def _tree_sum(pid, measure):
+    """Sum ``measure(entry, stat_fields)`` over a process and its live descendants (/proc)."""
+    children, values = {}, {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             with open(f"/proc/{entry}/stat") as fh:
                 fields = fh.read().rsplit(")", 1)[1].split()
-        except OSError:
+            values[int(entry)] = measure(entry, fields)
+        except (OSError, ValueError, IndexError):
             continue
         children.setdefault(int(fields[1]), []).append(int(entry))
-        cpu[int(entry)] = (int(fields[11]) + int(fields[12])) / tick
-    total, todo = 0.0, [pid]
+    total, todo = 0, [pid]
     while todo:
         current = todo.pop()
-        total += cpu.get(current, 0.0)
+        total += values.get(current, 0)
         todo.extend(children.get(current, ()))
     return total
+
+
+def _rss_kb(entry, fields):
+    with open(f"/proc/{entry}/statm") as fh:
+        return int(fh.read().split()[1]) * (os.sysconf("SC_PAGE_SIZE") // 1024)
+
+
+def tree_rss_kb(pid):
+    """Resident memory of a process and all its descendants, in KiB (from /proc)."""
+    return _tree_sum(pid, _rss_kb)
+
+
+def tree_cpu_seconds(pid):
+    """CPU time (user + system) of a process and its live descendants, in seconds."""
+    tick = os.sysconf("SC_CLK_TCK")
+    return float(_tree_sum(pid, lambda entry, fields: (int(fields[11]) + int(fields[12])) / tick))
 
 
 @dataclass
