@@ -190,7 +190,7 @@ def validate_form(operation, fields, files):
             raise InvalidRequest(exc.message, param=exc.param) from None
     for name in files:
         prop = properties.get(name)
-        if prop is not None and prop.get("format") != "binary":
+        if prop is not None and name not in operation.file_fields:
             raise InvalidRequest(f"'{name}' must be a form field, not a file.", param=name)
 
 

@@ -18,8 +18,11 @@ EXPECTED = {
 
 
 def test_registry_has_every_operation_of_the_spec():
+    # Both specs: the 28 operations of 1.2.0 keep their ids (2.3.0 serves the 17 it shares);
+    # the counts per spec are in test_spec_registry.
     registry = get_registry()
-    assert {op.id for op in registry} == EXPECTED
+    assert EXPECTED <= {op.id for op in registry}
+    assert len(registry) == 288 + 11
     assert registry["createImageEdit"].is_multipart
     assert registry["createImageEdit"].file_fields == ("image", "mask")
     assert registry["listFineTuneEvents"].streamable
