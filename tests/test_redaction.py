@@ -2,15 +2,24 @@
 the upstream receives is what the client sent."""
 
 import base64
+import importlib.util
 import json
+from dataclasses import dataclass
 
 import pytest
+from django.core.exceptions import ImproperlyConfigured
 
 from openai_django.models import APIKey, Artifact, Call
 from openai_django.redaction import (
+    CARD_MASK,
     EMAIL_MASK,
+    IBAN_MASK,
+    IP_MASK,
     PHONE_MASK,
     SECRET_MASK,
+    SSN_MASK,
+    PresidioRedactor,
+    presidio_redactor,
     redact_pii,
     redact_stream_events,
     redact_text,
@@ -44,7 +53,7 @@ def test_masks_emails_phones_and_keys(text, expected):
 
 @pytest.mark.parametrize("text", [
     "On 2024-01-15 at 10:30 the order 1234567890 shipped.",
-    "The server 192.168.100.200 answered in 3.14159 s; total 1,234,567 tokens.",
+    "The server answered in 3.14159 s; total 1,234,567 tokens.",
     "Use gpt-4o-mini with temperature 0.7 and max_tokens 1024.",
     "See /usr/local/lib/python3.11/site-packages/django/db/models/query.py line 1240",
     "Pneumonoultramicroscopicsilicovolcanoconiosis is a long word.",
@@ -52,6 +61,55 @@ def test_masks_emails_phones_and_keys(text, expected):
 ])
 def test_leaves_ordinary_text_alone(text):
     assert redact_text(text) == text
+
+
+@pytest.mark.parametrize("text, expected", [
+    # Card numbers pass the Luhn check: with spaces, dashes or none, 13 to 19 digits.
+    ("card 4111 1111 1111 1111, exp 12/29", f"card {CARD_MASK}, exp 12/29"),
+    ("card 4111-1111-1111-1111.", f"card {CARD_MASK}."),
+    ("card 5555555555554444 on file", f"card {CARD_MASK} on file"),
+    ("amex 3782 822463 10005", f"amex {CARD_MASK}"),  # 15 digits: not a phone either
+    # IBANs: the country's length and the mod-97 check, printed in groups or compact.
+    ("IBAN DE89 3704 0044 0532 0130 00 please", f"IBAN {IBAN_MASK} please"),
+    ("to GB82WEST12345698765432.", f"to {IBAN_MASK}."),
+    ("FR14 2004 1010 0505 0001 3M02 606 AND MORE", f"{IBAN_MASK} AND MORE"),
+    # A US SSN is an SSN, not a phone.
+    ("SSN 123-45-6789 on the form", f"SSN {SSN_MASK} on the form"),
+    # IP addresses, as ipaddress reads them.
+    ("The server 192.168.100.200 answered", f"The server {IP_MASK} answered"),
+    ("from 203.0.113.7:443, then", f"from {IP_MASK}:443, then"),
+    ("client 2001:db8::8a2e:370:7334.", f"client {IP_MASK}."),
+    ("GET http://[fe80::1ff:fe23:4567:890a]:8080/", f"GET http://[{IP_MASK}]:8080/"),
+    ("mapped ::ffff:192.0.2.1 here", f"mapped {IP_MASK} here"),
+])
+def test_masks_cards_ibans_ssns_and_ip_addresses(text, expected):
+    assert redact_text(text) == expected
+
+
+@pytest.mark.parametrize("text", [
+    "a 16-digit number failing Luhn: 4111 1111 1111 1112",
+    "order 4111111111111112 shipped",
+    "a 20-digit id 41111111111111111111 and 1234 5678 9012 3456 7890",
+    "timestamps 1712345678901 (ms) and 1712345678901234567 (ns)",
+    "GB82WEST12345698765433 has a bad check digit; XX89370400440532013000 no country",
+    "not addresses: 999.1.1.1, 10:30:00, 00:1A:2B:3C:4D:5E, std::vector, dead::beef",
+    "loopback and any: 127.0.0.1, 0.0.0.0, ::1 and ::",
+])
+def test_numbers_failing_their_check_are_kept(text):
+    assert redact_text(text) == text
+
+
+def test_an_ssn_is_masked_as_an_ssn_and_a_phone_still_as_a_phone():
+    assert redact_text("123-45-6789") == SSN_MASK
+    assert redact_text("call 415-555-2671 or 123 45 6789") == f"call {PHONE_MASK} or {SSN_MASK}"
+
+
+def test_a_card_number_cut_across_stream_chunks_is_masked():
+    pieces = ["pay with 4111 11", "11 1111 1111 today"]
+    events = [json.dumps({"choices": [{"index": 0, "delta": {"content": p}}]}) for p in pieces]
+    out = redact_stream_events(events)
+    text = "".join(json.loads(e)["choices"][0]["delta"]["content"] for e in out)
+    assert text == f"pay with {CARD_MASK} today"
 
 
 def test_walks_json_without_mutating_it_and_skips_binary():
@@ -95,6 +153,90 @@ def test_stream_events_are_redacted_across_chunk_boundaries():
     assert text == f"Sure, write to {EMAIL_MASK} or call {PHONE_MASK}!"
     assert out[-1] == events[-1]  # untouched events are kept byte for byte
     assert all(json.loads(e)["id"] == "c1" for e in out)
+
+
+# -- Presidio ------------------------------------------------------------------------------
+
+
+def test_presidio_hook_says_how_to_install_it_when_it_is_missing():
+    if importlib.util.find_spec("presidio_analyzer") is not None:
+        pytest.skip("presidio-analyzer is installed here")
+    with pytest.raises(ImproperlyConfigured, match=r"openai-django\[presidio\]"):
+        PresidioRedactor()
+    with pytest.raises(ImproperlyConfigured, match="presidio-analyzer"):
+        presidio_redactor("Jane Doe lives in Paris", call=None, field="prompt")
+
+
+@dataclass
+class Finding:
+    """The fields of presidio_analyzer.RecognizerResult that the adapter reads."""
+    entity_type: str
+    start: int
+    end: int
+    score: float
+
+
+class StandInAnalyzer:
+    """The one thing mocked in these tests: Presidio's AnalyzerEngine, because it needs a spaCy
+    model fetched from a model hub, which this project cannot download. It answers like
+    AnalyzerEngine.analyze (findings with entity type, span and score) for fixed phrases, and
+    records how it was asked; everything the adapter does with the answer is the real code."""
+
+    def __init__(self, phrases):
+        self.phrases = phrases  # {phrase: (entity type, score)}
+        self.asked = []
+
+    def analyze(self, text, language, entities=None, score_threshold=0.0, **kwargs):
+        self.asked.append((text, language, entities, score_threshold))
+        findings = []
+        for phrase, (entity, score) in self.phrases.items():
+            start = text.find(phrase)
+            while start != -1:
+                if (entities is None or entity in entities) and score >= score_threshold:
+                    findings.append(Finding(entity, start, start + len(phrase), score))
+                start = text.find(phrase, start + 1)
+        return findings
+
+
+def test_presidio_findings_are_masked_beside_the_built_in_rules():
+    analyzer = StandInAnalyzer({
+        "Jane Doe": ("PERSON", 0.85), "Jane": ("PERSON", 0.6), "Paris": ("LOCATION", 0.8),
+        "Doe lives": ("NRP", 0.55),  # overlaps the higher-scored name: not masked
+        "jane.doe": ("PERSON", 0.9),  # inside an email the built-in rules mask first
+        "Tuesday": ("DATE_TIME", 0.9),  # not asked for by default
+    })
+    redact = PresidioRedactor(analyzer=analyzer, language="fr")
+    text = f"Jane Doe lives in Paris, {EMAIL}, card 4111 1111 1111 1111, on Tuesday."
+    assert redact(text, call=None, field="prompt") == (
+        f"[redacted person] lives in [redacted location], {EMAIL_MASK}, card {CARD_MASK}, "
+        f"on Tuesday.")
+    _, language, entities, threshold = analyzer.asked[-1]
+    assert language == "fr" and "PERSON" in entities and "DATE_TIME" not in entities
+    assert threshold == 0.5
+
+    only_presidio = PresidioRedactor(analyzer=analyzer, builtin=False, entities=None,
+                                     score_threshold=0.7)
+    assert only_presidio("On Tuesday Jane Doe paid 4111 1111 1111 1111", call=None,
+                         field="prompt") == (
+        "On [redacted date time] [redacted person] paid 4111 1111 1111 1111")
+
+
+def test_presidio_redactor_walks_json_and_streams_like_the_built_in_one():
+    redact = PresidioRedactor(analyzer=StandInAnalyzer({"Jane Doe": ("PERSON", 0.9)}))
+    body = {"messages": [{"role": "user", "content": "Hi, Jane Doe here"}],
+            "data": [{"b64_json": "SmFuZSBEb2U="}]}
+    out = redact(body, call=None, field="request_body")
+    assert out["messages"][0]["content"] == "Hi, [redacted person] here"
+    assert out["data"] == body["data"] and body["messages"][0]["content"] == "Hi, Jane Doe here"
+
+    pieces = ["Signed, Ja", "ne Do", "e."]
+    events = [json.dumps({"choices": [{"index": 0, "delta": {"content": p}}]}) for p in pieces]
+    out = redact(events, call=None, field="stream_events")
+    assert "".join(json.loads(e)["choices"][0]["delta"]["content"] for e in out) == (
+        "Signed, [redacted person].")
+
+
+presidio_with_stand_in = PresidioRedactor(analyzer=StandInAnalyzer({"Jane": ("PERSON", 0.9)}))
 
 
 # -- end to end through the gateway --------------------------------------------------------------
@@ -180,6 +322,20 @@ def test_a_custom_hook_sees_each_field_with_the_call(http, upstream, settings):
     assert call.request_body["prompt"] == "HELLO THERE"
     assert call.prompt_preview == "HELLO THERE"
     assert upstream.requests()[-1]["body"]["prompt"] == "hello there"
+
+
+@pytestmark_db
+def test_a_presidio_redactor_serves_as_the_hook(http, upstream, settings):
+    settings.OPENAI_DJANGO = {**settings.OPENAI_DJANGO,
+                              "REDACT": "tests.test_redaction.presidio_with_stand_in"}
+    prompt = f"Jane wrote from {EMAIL}"
+    response = http.post(f"{http.base}/completions",
+                         json={"model": "gpt-3.5-turbo-instruct", "prompt": prompt})
+    assert response.status_code == 200, response.text
+    call = Call.objects.get(pk=response.headers["X-Call-Id"])
+    assert call.redacted is True
+    assert call.request_body["prompt"] == f"[redacted person] wrote from {EMAIL_MASK}"
+    assert upstream.requests()[-1]["body"]["prompt"] == prompt
 
 
 seen = {}
