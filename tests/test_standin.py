@@ -164,7 +164,7 @@ def test_api_key_option_accepts_only_that_key():
 
 
 def test_unknown_path_and_wrong_method_are_404_in_error_shape(server, http):
-    for resp in (get(http, server, "/nope"), http.get(server.url + "/chat/completions"),
+    for resp in (get(http, server, "/nope"), http.put(server.url + "/chat/completions"),
                  http.get(server.base + "/elsewhere")):
         assert resp.status_code == 404
         err = resp.json()["error"]

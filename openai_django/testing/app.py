@@ -9,6 +9,7 @@ an ``async`` callable that the protocol runs as a task.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 import re
@@ -17,9 +18,10 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import unquote
 
-from . import fakes
+from . import fakes, generic, specs
 from .http11 import Request, Response, dumps, error_body, loads
 from .operations import ApiError, Operations, StreamPlan, form_data, query_params
+from .specs import SpecOperation
 from .state import (
     LOGGED_HEADERS,
     Config,
@@ -35,38 +37,6 @@ from .state import (
 
 log = logging.getLogger("openai_django.testing.app")
 
-#: (method, spec path under /v1, operationId) for the 28 operations of spec v1.2.0.
-ROUTES: tuple[tuple[str, str, str], ...] = (
-    ("GET", "/engines", "listEngines"),
-    ("GET", "/engines/{engine_id}", "retrieveEngine"),
-    ("POST", "/completions", "createCompletion"),
-    ("POST", "/chat/completions", "createChatCompletion"),
-    ("POST", "/edits", "createEdit"),
-    ("POST", "/images/generations", "createImage"),
-    ("POST", "/images/edits", "createImageEdit"),
-    ("POST", "/images/variations", "createImageVariation"),
-    ("POST", "/embeddings", "createEmbedding"),
-    ("POST", "/audio/transcriptions", "createTranscription"),
-    ("POST", "/audio/translations", "createTranslation"),
-    ("POST", "/engines/{engine_id}/search", "createSearch"),
-    ("GET", "/files", "listFiles"),
-    ("POST", "/files", "createFile"),
-    ("DELETE", "/files/{file_id}", "deleteFile"),
-    ("GET", "/files/{file_id}", "retrieveFile"),
-    ("GET", "/files/{file_id}/content", "downloadFile"),
-    ("POST", "/answers", "createAnswer"),
-    ("POST", "/classifications", "createClassification"),
-    ("POST", "/fine-tunes", "createFineTune"),
-    ("GET", "/fine-tunes", "listFineTunes"),
-    ("GET", "/fine-tunes/{fine_tune_id}", "retrieveFineTune"),
-    ("POST", "/fine-tunes/{fine_tune_id}/cancel", "cancelFineTune"),
-    ("GET", "/fine-tunes/{fine_tune_id}/events", "listFineTuneEvents"),
-    ("GET", "/models", "listModels"),
-    ("GET", "/models/{model}", "retrieveModel"),
-    ("DELETE", "/models/{model}", "deleteModel"),
-    ("POST", "/moderations", "createModeration"),
-)
-
 API_PREFIX = "/v1"
 CONTROL_PREFIX = "/_control/"
 IMAGE_RE = re.compile(r"^/images/img-([0-9a-f]{6})-(\d{1,4})x(\d{1,4})-[0-9a-f]+\.png$")
@@ -79,39 +49,76 @@ Route = tuple[Callable[..., Any], dict[str, str]]
 
 
 class Router:
-    """Exact-path lookups first, then the few parameterised patterns."""
+    """The route table of both specs: every (method, path) of ``openapi.yaml`` and
+    ``openapi-2.3.0.yaml`` (:mod:`.specs`), answered by the handler named after its
+    ``operationId`` when one of ``handlers`` has it, else by the generic spec-shaped answer.
 
-    def __init__(self, ops: Operations) -> None:
+    Paths without parameters are one dict lookup (the hot 2023 paths: chat, completions,
+    embeddings); parameterised ones are bucketed by segment count and first segment, so a
+    lookup tries a handful of patterns, most specific first.
+    """
+
+    def __init__(self, handlers: list[Any], operations: list[SpecOperation] | None = None) -> None:
         self.static: dict[str, dict[str, Callable[..., Any]]] = {}
-        self.dynamic: list[tuple[re.Pattern, dict[str, Callable[..., Any]]]] = []
+        self.dynamic: dict[tuple[int, str], list[tuple[int, re.Pattern, dict]]] = {}
+        self.operations: dict[tuple[str, str], SpecOperation] = {}
+        chosen: dict[tuple[str, str], tuple[SpecOperation, Callable[..., Any] | None]] = {}
+        for op in operations if operations is not None else specs.load_operations():
+            key = (op.method, op.path)
+            previous = chosen.get(key)
+            if op.query_match and previous is not None:
+                continue  # ``/responses?beta=true``: the same route as ``/responses``
+            handler = self._dedicated(handlers, op.id)
+            if handler is None and previous is not None and previous[1] is not None:
+                continue  # an older spec's dedicated handler beats a newer generic answer
+            chosen[key] = (op, handler)
         patterns: dict[str, dict[str, Callable[..., Any]]] = {}
-        for method, path, op_id in ROUTES:
-            handler = getattr(ops, op_id)
+        for (method, path), (op, handler) in chosen.items():
+            self.operations[(method, path)] = op
+            if handler is None:
+                handler = functools.partial(generic.answer, op)
             full = API_PREFIX + path
             if "{" in path:
                 patterns.setdefault(full, {})[method] = handler
             else:
                 self.static.setdefault(full, {})[method] = handler
         for full, methods in patterns.items():
-            regex = "^" + re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", full) + "$"
-            self.dynamic.append((re.compile(regex), methods))
+            segments = full.split("/")
+            regex = re.compile("^" + re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", full) + "$")
+            literals = sum(1 for seg in segments if "{" not in seg)
+            bucket = self.dynamic.setdefault((len(segments), segments[2]), [])
+            bucket.append((literals, regex, methods))
+        for bucket in self.dynamic.values():
+            bucket.sort(key=lambda entry: -entry[0])
+
+    @staticmethod
+    def _dedicated(handlers: list[Any], op_id: str) -> Callable[..., Any] | None:
+        for name in (op_id, op_id.removeprefix("beta_")):
+            for obj in handlers:
+                handler = getattr(obj, name, None)
+                if handler is not None:
+                    return handler
+        return None
 
     def resolve(self, method: str, path: str) -> Route | None:
+        if method == "HEAD":
+            method = "GET"
         methods = self.static.get(path)
-        params: dict[str, str] = {}
-        if methods is None:
-            for regex, candidate in self.dynamic:
-                match = regex.match(path)
-                if match:
-                    methods = candidate
-                    params = {k: unquote(v) for k, v in match.groupdict().items()}
-                    break
-            else:
-                return None
-        handler = methods.get("GET" if method == "HEAD" else method)
-        if handler is None:
+        if methods is not None:
+            handler = methods.get(method)
+            if handler is not None:
+                return handler, {}
+        segments = path.split("/")
+        if len(segments) < 3:
             return None
-        return handler, params
+        for _, regex, candidate in self.dynamic.get((len(segments), segments[2]), ()):
+            handler = candidate.get(method)
+            if handler is None:
+                continue
+            match = regex.match(path)
+            if match:
+                return handler, {k: unquote(v) for k, v in match.groupdict().items()}
+        return None
 
 
 def _error(status: int, message: str, type_: str = "invalid_request_error",
@@ -135,7 +142,7 @@ class StandinApp:
         self.fine_tunes = FineTuneStore()
         self.models = ModelStore()
         self.ops = Operations(self)
-        self.router = Router(self.ops)
+        self.router = Router([self.ops])
         self._rl_window = 0
         self._rl_count = 0
 

@@ -37,6 +37,7 @@ _KNOB_FLAGS = {
     "events": "--events",
     "image_base_url": "--image-base-url",
     "embedding_dimensions": "--embedding-dimensions",
+    "job_seconds": "--job-seconds",
     "log_size": "--log-size",
     "max_body_mb": "--max-body-mb",
     "log_level": "--log-level",
@@ -57,7 +58,7 @@ class StandinServer:
     """A stand-in OpenAI upstream in a child process.
 
     ``StandinServer(host="127.0.0.1", port=0, tls=False, **knobs)`` where knobs are any of
-    ``api_key, ttft_ms, gap_ms, events, image_base_url, embedding_dimensions, log_size,
+    ``api_key, ttft_ms, gap_ms, events, image_base_url, embedding_dimensions, job_seconds, log_size,
     max_body_mb, log_level, tls_port, fast, no_uvloop`` (the CLI flags of
     ``python -m openai_django.testing.upstream``), plus ``startup_timeout`` (seconds).
 
@@ -235,7 +236,7 @@ class StandinServer:
 
     def configure(self, **knobs: Any) -> dict:
         """Change server defaults (``ttft_ms, gap_ms, events, image_base_url,
-        embedding_dimensions``); returns the full config."""
+        embedding_dimensions, job_seconds``); returns the full config."""
         return self.control("POST", "config", knobs)
 
     def config(self) -> dict:

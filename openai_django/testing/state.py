@@ -29,21 +29,66 @@ def new_request_id() -> str:
     return "req_" + os.urandom(16).hex()
 
 
+# -- bounds -------------------------------------------------------------------------------------
+# Every size derived from a request is bounded (a fine-tune with ``n_epochs`` near 10**9 once
+# made the stand-in build one event per epoch until it was killed).  Values above a bound are
+# clamped where the real API would not refuse them, and refused with a 400 where it would.
+
+#: SSE events per stream (``events`` knob, ``X-Standin-Events``).
+MAX_EVENTS = 1000
+#: ``embedding_dimensions`` knob and the ``dimensions`` field.
+MAX_EMBEDDING_DIMENSIONS = 65536
+#: Longest ``job_seconds`` (and, in milliseconds, ``ttft_ms``/``gap_ms``).
+MAX_SECONDS = 3600.0
+#: Epochs simulated (events and checkpoints) for legacy fine-tunes and fine-tuning jobs.
+MAX_EPOCHS = 50
+#: Events kept per fine-tuning job, and items of any stored list.
+MAX_JOB_EVENTS = 200
+#: Page size of every list endpoint (``limit``).
+MAX_PAGE = 100
+#: Requests per batch input file (the real API's limit).
+MAX_BATCH_LINES = 50_000
+#: Partial images per image stream (the real API's limit).
+MAX_PARTIAL_IMAGES = 3
+#: Choices per completion (prompts x ``n``).
+MAX_CHOICES = 1024
+#: Inputs per embeddings request (the real API's limit).
+MAX_EMBEDDING_INPUTS = 2048
+#: Reasoning tokens reported for one response.
+MAX_REASONING_TOKENS = 4096
+#: Objects kept per store (the oldest are dropped first), so a long run stays bounded.
+MAX_STORED = 10_000
+
+
+def clamp_int(value: object, default: int, low: int, high: int) -> int:
+    """``value`` as an int within [low, high]; ``default`` when it is not a number."""
+    try:
+        n = int(value)  # type: ignore[call-overload]
+    except (TypeError, ValueError, OverflowError):
+        return default
+    return max(low, min(n, high))
+
+
 # -- knobs --------------------------------------------------------------------------------------
 
 
 class Config:
     """Server-wide defaults, set from the CLI and changed at run time via ``/_control/config``."""
 
-    FIELDS = ("ttft_ms", "gap_ms", "events", "image_base_url", "embedding_dimensions")
+    FIELDS = ("ttft_ms", "gap_ms", "events", "image_base_url", "embedding_dimensions",
+              "job_seconds")
 
     def __init__(self, *, ttft_ms: float = 0.0, gap_ms: float = 0.0, events: int = 8,
-                 image_base_url: str | None = None, embedding_dimensions: int = 1536) -> None:
+                 image_base_url: str | None = None, embedding_dimensions: int = 1536,
+                 job_seconds: float = 0.3) -> None:
         self.ttft_ms = float(ttft_ms)
         self.gap_ms = float(gap_ms)
-        self.events = int(events)
+        self.events = min(int(events), MAX_EVENTS)
         self.image_base_url = image_base_url
-        self.embedding_dimensions = int(embedding_dimensions)
+        self.embedding_dimensions = min(int(embedding_dimensions), MAX_EMBEDDING_DIMENSIONS)
+        #: How long batches, fine-tuning jobs, background responses and videos take to finish
+        #: (0: at once; the ``fast`` mode sets 0).
+        self.job_seconds = float(job_seconds)
         # Where generated image URLs point when ``image_base_url`` is not set: the TLS listener
         # if there is one, else the plain one (filled in once the sockets are bound).
         self.default_image_base_url = ""
@@ -51,7 +96,8 @@ class Config:
     def as_dict(self) -> dict:
         return {"ttft_ms": self.ttft_ms, "gap_ms": self.gap_ms, "events": self.events,
                 "image_base_url": self.effective_image_base_url,
-                "embedding_dimensions": self.embedding_dimensions}
+                "embedding_dimensions": self.embedding_dimensions,
+                "job_seconds": self.job_seconds}
 
     @property
     def effective_image_base_url(self) -> str:
@@ -64,14 +110,16 @@ class Config:
             raise ValueError(f"unknown config keys: {sorted(unknown)}")
         new = {}
         for key, value in values.items():
-            if key in ("ttft_ms", "gap_ms"):
+            if key in ("ttft_ms", "gap_ms", "job_seconds"):
                 value = float(value)
-                if value < 0:
-                    raise ValueError(f"{key} must be >= 0")
+                high = MAX_SECONDS if key == "job_seconds" else MAX_SECONDS * 1000
+                if not 0 <= value <= high:
+                    raise ValueError(f"{key} must be between 0 and {high:g}")
             elif key in ("events", "embedding_dimensions"):
                 value = int(value)
-                if value < 1:
-                    raise ValueError(f"{key} must be >= 1")
+                high = MAX_EVENTS if key == "events" else MAX_EMBEDDING_DIMENSIONS
+                if not 1 <= value <= high:
+                    raise ValueError(f"{key} must be between 1 and {high}")
             elif key == "image_base_url":
                 value = str(value) if value else None
             new[key] = value
@@ -325,3 +373,68 @@ class FineTuneStore:
 def event(message: str, level: str = "info") -> dict:
     return {"object": "fine-tune-event", "created_at": int(time.time()), "level": level,
             "message": message}
+
+
+# -- today's API: stored objects -----------------------------------------------------------------
+
+
+class ObjectStore:
+    """Objects by id in creation order, with the API's cursor pagination.
+
+    Holds at most ``MAX_STORED`` objects: the oldest go first, so memory stays bounded.
+    """
+
+    def __init__(self) -> None:
+        self.items: dict[str, dict] = {}
+
+    def add(self, obj: dict) -> dict:
+        self.items[obj["id"]] = obj
+        if len(self.items) > MAX_STORED:
+            del self.items[next(iter(self.items))]
+        return obj
+
+    def get(self, obj_id: str) -> dict | None:
+        return self.items.get(obj_id)
+
+    def pop(self, obj_id: str) -> dict | None:
+        return self.items.pop(obj_id, None)
+
+    def values(self) -> list[dict]:
+        return list(self.items.values())
+
+
+def page(items: list[dict], query: dict, *, default_order: str = "desc",
+         default_limit: int = 20) -> dict:
+    """A cursor page ``{"object": "list", "data", "first_id", "last_id", "has_more"}``:
+    ``limit`` (1..``MAX_PAGE``), ``after``/``before`` (ids), ``order`` (``asc``/``desc``)."""
+    order = query.get("order") or default_order
+    ordered = items if order == "asc" else items[::-1]
+    after = query.get("after")
+    if after:
+        ids = [i.get("id") for i in ordered]
+        ordered = ordered[ids.index(after) + 1:] if after in ids else []
+    before = query.get("before")
+    if before:
+        ids = [i.get("id") for i in ordered]
+        ordered = ordered[:ids.index(before)] if before in ids else ordered
+    limit = clamp_int(query.get("limit"), default_limit, 1, MAX_PAGE)
+    data = ordered[:limit]
+    return {"object": "list", "data": data,
+            "first_id": data[0].get("id") if data else None,
+            "last_id": data[-1].get("id") if data else None,
+            "has_more": len(ordered) > limit}
+
+
+class Stores:
+    """The stores behind today's API (one object, replaced by ``/_control/reset``)."""
+
+    def __init__(self) -> None:
+        self.responses = ObjectStore()
+        self.conversations = ObjectStore()
+        self.chat = ObjectStore()
+        self.uploads = ObjectStore()
+        self.batches = ObjectStore()
+        self.jobs = ObjectStore()
+        self.vector_stores = ObjectStore()
+        self.videos = ObjectStore()
+        self.containers = ObjectStore()

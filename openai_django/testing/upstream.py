@@ -42,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--events", type=int, default=8, help="SSE events per completion stream")
     p.add_argument("--image-base-url", help="base of generated image URLs (default: this server)")
     p.add_argument("--embedding-dimensions", type=int, default=1536)
+    p.add_argument("--job-seconds", type=float, default=None,
+                   help="how long batches, fine-tuning jobs, background responses and videos "
+                        "take to finish (default 0.3, 0 with --fast)")
     p.add_argument("--log-size", type=int, default=200, help="requests kept for /_control/requests")
     p.add_argument("--max-body-mb", type=int, default=512)
     p.add_argument("--fast", action="store_true", help="benchmark mode: no request log")
@@ -78,7 +81,9 @@ async def serve(opts: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     config = Config(ttft_ms=opts.ttft_ms, gap_ms=opts.gap_ms, events=opts.events,
                     image_base_url=opts.image_base_url,
-                    embedding_dimensions=opts.embedding_dimensions)
+                    embedding_dimensions=opts.embedding_dimensions,
+                    job_seconds=(opts.job_seconds if opts.job_seconds is not None
+                                 else 0.0 if opts.fast else 0.3))
     app = StandinApp(api_key=opts.api_key, fast=opts.fast, config=config, log_size=opts.log_size)
     max_body = opts.max_body_mb * 1024 * 1024
 
