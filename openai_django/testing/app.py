@@ -21,9 +21,12 @@ from urllib.parse import unquote
 from . import fakes, generic, specs
 from .http11 import Request, Response, dumps, error_body, loads
 from .operations import ApiError, Operations, StreamPlan, form_data, query_params
+from .responses import ResponsesOps
 from .specs import SpecOperation
 from .state import (
     LOGGED_HEADERS,
+    MAX_EVENTS,
+    MAX_SECONDS,
     Config,
     Fault,
     FaultQueue,
@@ -31,6 +34,8 @@ from .state import (
     FineTuneStore,
     ModelStore,
     RequestLog,
+    Stores,
+    clamp_int,
     mask_authorization,
     new_request_id,
 )
@@ -42,6 +47,7 @@ CONTROL_PREFIX = "/_control/"
 IMAGE_RE = re.compile(r"^/images/img-([0-9a-f]{6})-(\d{1,4})x(\d{1,4})-[0-9a-f]+\.png$")
 MALFORMED_BODY = b'{"id": "chatcmpl-malformed", "object": "chat.completion", "choices": [{"ind'
 
+MAX_MS = MAX_SECONDS * 1000
 RATE_LIMIT_REQUESTS = 10_000
 RATE_LIMIT_TOKENS = 2_000_000
 
@@ -141,8 +147,10 @@ class StandinApp:
         self.files = FileStore()
         self.fine_tunes = FineTuneStore()
         self.models = ModelStore()
+        self.stores = Stores()
         self.ops = Operations(self)
-        self.router = Router([self.ops])
+        # Handlers named after operationIds; the first that has one serves it.
+        self.router = Router([ResponsesOps(self), self.ops])
         self._rl_window = 0
         self._rl_count = 0
 
@@ -248,9 +256,10 @@ class StandinApp:
         if "x-standin-events" in headers or "x-standin-ttft-ms" in headers \
                 or "x-standin-gap-ms" in headers:
             try:
-                events = max(1, int(headers.get("x-standin-events", events)))
-                ttft = max(0.0, float(headers.get("x-standin-ttft-ms", ttft)))
-                gap = max(0.0, float(headers.get("x-standin-gap-ms", gap)))
+                events = clamp_int(headers.get("x-standin-events", events), events, 1,
+                                   MAX_EVENTS)
+                ttft = min(max(0.0, float(headers.get("x-standin-ttft-ms", ttft))), MAX_MS)
+                gap = min(max(0.0, float(headers.get("x-standin-gap-ms", gap))), MAX_MS)
             except ValueError:
                 pass
         return events, ttft / 1000.0, gap / 1000.0
@@ -272,7 +281,11 @@ class StandinApp:
         after = fault.after if kind in ("cut", "hang_stream") else -1
         sleep = asyncio.sleep
         sent = 0
-        for payload in plan.events:
+        named = plan.named
+        events = plan.events
+        if named and kind == "no_done":
+            events = list(events)[:-1]  # no terminal event (``response.completed``)
+        for payload in events:
             if sent == after:
                 if kind == "cut":
                     conn.close()
@@ -283,7 +296,10 @@ class StandinApp:
                 await sleep(delay)
             if conn.closed:
                 return
-            conn.send_chunk(b"data: " + payload + b"\n\n")
+            if named:
+                conn.send_chunk(b"event: " + payload[0] + b"\ndata: " + payload[1] + b"\n\n")
+            else:
+                conn.send_chunk(b"data: " + payload + b"\n\n")
             sent += 1
             if conn.write_paused:
                 await conn.drain()
@@ -412,6 +428,7 @@ class StandinApp:
                 self.files = FileStore()
                 self.fine_tunes = FineTuneStore()
                 self.models = ModelStore()
+                self.stores = Stores()
                 self.config.update(self._initial_config)
                 return Response(200, dumps({"reset": True}))
         except (ValueError, TypeError) as exc:

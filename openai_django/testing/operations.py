@@ -47,17 +47,47 @@ class StreamPlan:
     spaced by ``ttft``/``gap`` seconds, then ``data: [DONE]`` unless ``done_marker`` is off.
 
     ``events`` may be a lazy iterator: fine-tune event streams advance the job as they go.
+    With ``named`` the events are ``(name, payload)`` pairs sent as ``event: name`` +
+    ``data: ...`` (the Responses API, speech, transcription and image streams) and there is
+    no ``[DONE]``; the last event is then the terminal one (``response.completed``), which the
+    ``no_done`` fault leaves out.
     """
 
-    __slots__ = ("done_marker", "events", "gap", "model", "ttft")
+    __slots__ = ("done_marker", "events", "gap", "model", "named", "ttft")
 
-    def __init__(self, events: Iterable[bytes], model: str | None, ttft: float, gap: float,
-                 done_marker: bool = True) -> None:
+    def __init__(self, events: Iterable[Any], model: str | None, ttft: float, gap: float,
+                 done_marker: bool = True, named: bool = False) -> None:
         self.events = events
         self.model = model
         self.ttft = ttft
         self.gap = gap
-        self.done_marker = done_marker
+        self.done_marker = done_marker and not named
+        self.named = named
+
+
+class EventSequence:
+    """Named SSE events whose payloads carry ``type`` and a running ``sequence_number``."""
+
+    __slots__ = ("events",)
+
+    def __init__(self) -> None:
+        self.events: list[tuple[bytes, bytes]] = []
+
+    def add(self, name: str, **fields: Any) -> None:
+        payload = {"type": name, "sequence_number": len(self.events), **fields}
+        self.events.append((name.encode(), dumps(payload)))
+
+
+def reply_text(seed: bytes, last_user: str, tool_results: int = 0,
+               wants_json: bool = False) -> str:
+    """The assistant's answer: a seeded phrase quoting the user (``You said: "..."``)."""
+    said = fakes.quote(last_user)
+    if wants_json:
+        return dumps({"reply": fakes.phrase(seed), "quote": said}).decode()
+    text = f"{fakes.phrase(seed)}. You said: \"{said}\""
+    if tool_results:
+        text += f" (using {tool_results} tool result{'s' if tool_results > 1 else ''})"
+    return text
 
 
 def json_reply(obj: Any, model: str | None = None, status: int = 200) -> Response:
@@ -358,12 +388,7 @@ class Operations:
                     finish = "tool_calls"
                 completion_tokens += 3 + fakes.count_tokens(arguments)
             else:
-                said = fakes.quote(last_user)
-                text = f"{fakes.phrase(seed)}. You said: \"{said}\""
-                if tool_results:
-                    text += f" (using {tool_results} tool result{'s' if tool_results > 1 else ''})"
-                if wants_json:
-                    text = dumps({"reply": fakes.phrase(seed), "quote": said}).decode()
+                text = reply_text(seed, last_user, tool_results, wants_json)
                 finish = "stop"
                 if isinstance(limit, int) and limit >= 0 and not wants_json:
                     text, cut = fakes.truncate_words(text, limit)
