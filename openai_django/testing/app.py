@@ -20,6 +20,7 @@ from urllib.parse import unquote
 
 from . import fakes, generic, specs
 from .http11 import Request, Response, dumps, error_body, loads
+from .media import MediaOps
 from .operations import ApiError, Operations, StreamPlan, form_data, query_params
 from .responses import ResponsesOps
 from .specs import SpecOperation
@@ -150,7 +151,7 @@ class StandinApp:
         self.stores = Stores()
         self.ops = Operations(self)
         # Handlers named after operationIds; the first that has one serves it.
-        self.router = Router([ResponsesOps(self), self.ops])
+        self.router = Router([ResponsesOps(self), MediaOps(self), self.ops])
         self._rl_window = 0
         self._rl_count = 0
 

@@ -68,13 +68,17 @@ class StreamPlan:
 class EventSequence:
     """Named SSE events whose payloads carry ``type`` and a running ``sequence_number``."""
 
-    __slots__ = ("events",)
+    __slots__ = ("events", "numbered")
 
-    def __init__(self) -> None:
+    def __init__(self, numbered: bool = True) -> None:
         self.events: list[tuple[bytes, bytes]] = []
+        self.numbered = numbered  # the Responses API numbers its events; audio/images do not
 
     def add(self, name: str, **fields: Any) -> None:
-        payload = {"type": name, "sequence_number": len(self.events), **fields}
+        payload: dict[str, Any] = {"type": name}
+        if self.numbered:
+            payload["sequence_number"] = len(self.events)
+        payload.update(fields)
         self.events.append((name.encode(), dumps(payload)))
 
 
