@@ -65,22 +65,29 @@ def test_nested_enum_violation_names_the_path():
 
 
 def test_type_and_range_violations():
-    exc = error_of(validate_json, op("createCompletion"), {"model": "m", "temperature": "hot"})
+    # 2.3.0 requires a prompt for completions (1.2.0 defaulted it to <|endoftext|>).
+    exc = error_of(validate_json, op("createCompletion"),
+                   {"model": "m", "prompt": "p", "temperature": "hot"})
     assert exc.param == "temperature" and "number" in exc.message
-    exc = error_of(validate_json, op("createCompletion"), {"model": "m", "temperature": 3})
+    exc = error_of(validate_json, op("createCompletion"),
+                   {"model": "m", "prompt": "p", "temperature": 3})
     assert exc.param == "temperature" and "maximum" in exc.message
     exc = error_of(validate_json, op("createImage"), {"prompt": "p", "n": 11})
     assert exc.param == "n"
-    exc = error_of(validate_json, op("createImage"), {"prompt": "p", "size": "3x3"})
+    # 2.3.0 takes any WIDTHxHEIGHT string for size (gpt-image-2): a number is still wrong.
+    exc = error_of(validate_json, op("createImage"), {"prompt": "p", "size": 1024})
     assert exc.param == "size"
+    exc = error_of(validate_json, op("createImage"), {"prompt": "p", "response_format": "gif"})
+    assert exc.param == "response_format" and "Invalid value for 'response_format'" in exc.message
     exc = error_of(validate_json, op("createChatCompletion"), {"model": "m", "messages": []})
     assert exc.param == "messages"
 
 
 def test_boolean_is_not_a_number_and_null_needs_nullable():
-    exc = error_of(validate_json, op("createCompletion"), {"model": "m", "max_tokens": True})
+    exc = error_of(validate_json, op("createCompletion"),
+                   {"model": "m", "prompt": "p", "max_tokens": True})
     assert exc.param == "max_tokens"
-    validate_json(op("createCompletion"), {"model": "m", "max_tokens": None})
+    validate_json(op("createCompletion"), {"model": "m", "prompt": "p", "max_tokens": None})
     exc = error_of(validate_json, op("createChatCompletion"), {"model": None, "messages": []})
     assert exc.param == "model"
 
@@ -94,12 +101,15 @@ def test_one_of_accepts_each_form_and_rejects_others():
 
 def test_unknown_fields_and_todays_message_shapes_pass():
     body = {
-        "model": "gpt-4o-mini", "seed": 7, "tools": [{"type": "function"}],
+        # 2.3.0 knows tools and tool calls, and requires their function (1.2.0 let any pass).
+        "model": "gpt-4o-mini", "seed": 7, "new_sdk_field": {"x": 1},
+        "tools": [{"type": "function", "function": {"name": "f"}}],
         "response_format": {"type": "json_object"}, "max_completion_tokens": 9,
         "messages": [
             {"role": "developer", "content": "be brief"},
             {"role": "user", "content": [{"type": "text", "text": "hi"}]},
-            {"role": "assistant", "content": None, "tool_calls": [{"id": "c1"}]},
+            {"role": "assistant", "content": None, "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
             {"role": "tool", "content": "{}", "tool_call_id": "c1"},
         ],
     }
