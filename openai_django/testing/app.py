@@ -20,6 +20,7 @@ from urllib.parse import unquote
 
 from . import fakes, generic, specs
 from .http11 import Request, Response, dumps, error_body, loads
+from .jobs import JobOps
 from .media import MediaOps
 from .operations import ApiError, Operations, StreamPlan, form_data, query_params
 from .responses import ResponsesOps
@@ -151,7 +152,7 @@ class StandinApp:
         self.stores = Stores()
         self.ops = Operations(self)
         # Handlers named after operationIds; the first that has one serves it.
-        self.router = Router([ResponsesOps(self), MediaOps(self), self.ops])
+        self.router = Router([ResponsesOps(self), MediaOps(self), JobOps(self), self.ops])
         self._rl_window = 0
         self._rl_count = 0
 

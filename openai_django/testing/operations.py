@@ -20,7 +20,7 @@ from urllib.parse import parse_qsl
 from . import fakes
 from .http11 import Response, dumps, loads
 from .multipart import MultipartError, UploadedFile, parse_multipart
-from .state import event, new_id
+from .state import MAX_EPOCHS, clamp_int, event, new_id
 
 if TYPE_CHECKING:  # pragma: no cover
     from .app import StandinApp
@@ -750,7 +750,7 @@ class Operations:
             "hyperparams": {
                 "batch_size": body.get("batch_size") or 4,
                 "learning_rate_multiplier": body.get("learning_rate_multiplier") or 0.1,
-                "n_epochs": body.get("n_epochs") or 4,
+                "n_epochs": clamp_int(body.get("n_epochs"), 4, 1, MAX_EPOCHS),
                 "prompt_loss_weight": body.get("prompt_loss_weight") or 0.01},
             "organization_id": "org-standin", "result_files": [], "status": "pending",
             "validation_files": ([self._file_object(validation, "fine-tune")]
@@ -798,7 +798,7 @@ class Operations:
             yield dumps(ev)
         if job["status"] not in ("pending", "running"):
             return
-        epochs = int(job["hyperparams"].get("n_epochs") or 4)
+        epochs = clamp_int(job["hyperparams"].get("n_epochs"), 4, 1, MAX_EPOCHS)
         stamp = time.strftime("%Y-%m-%d-%H-%M-%S", time.gmtime())
         model_name = f"{job['model']}:ft-standin-{stamp}"
         result_file = self.app.files.add(
