@@ -19,10 +19,14 @@ the offending field (``messages[1].role``). When every branch of an ``anyOf`` fa
 is the one of the branch the value meant: the one its discriminator (``role``, ``type``) names,
 else the one whose type fits (:func:`_refine`).
 
-Cost, measured with ``python -m bench.validation_bench`` (the previous hand-made validator
-against this one): a chat body 20 µs before, 10 µs now; a Responses body with tools 20 µs
-before (it checked little of 2.3.0's nested schemas), 12 µs now; compiling one operation's
-validator ~1 ms, once per process.
+Cost, measured with ``python -m bench.validation_bench`` (the hand-made 3.0 validator this
+replaced against this one, µs per call, on a shared and noisy machine): a valid chat body
+13 µs before, 2.5-3.5 µs now; an invalid one (a message with an unknown role) 17 µs before,
+55 µs now (every branch's errors collected, the branch chosen, the message written); a
+Responses body with a tool 0.5 µs before (it ignored ``allOf``, so it checked nothing of
+2.3.0's schema), 2.5 µs now. The first validation of a process builds the schema resource
+(1422 components converted and registered, 35-55 ms); each operation's validator then
+compiles in ~1.5 ms, once.
 """
 
 import functools
@@ -414,6 +418,10 @@ def _refine(doc, error, order):
             index = _choose_branch(doc, error)
         except _Reported as reported:
             return reported.message, reported.param
+        except (KeyError, IndexError, TypeError, ValueError):
+            # A path this walker cannot follow: the validator's own words still name the
+            # field, and the client gets a 400, never a 500.
+            break
         error = _first(error.kind.context[index], order)
     return _message(error)
 
