@@ -133,7 +133,7 @@ def _resource(version):
         elif op.schema is not None:
             operations[op.id] = to_2020_12(op.schema)
         if op.query_params:
-            queries[op.id] = {"type": "object", "properties": to_2020_12(op.query_params)}
+            queries[op.id] = {"type": "object", "properties": to_2020_12_map(op.query_params)}
     schemas = to_2020_12_map(source.get("schemas", {}))
     _relax(schemas, version)
     document = {
