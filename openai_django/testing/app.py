@@ -23,6 +23,7 @@ from .http11 import Request, Response, dumps, error_body, loads
 from .jobs import JobOps
 from .media import MediaOps
 from .operations import ApiError, Operations, StreamPlan, form_data, query_params
+from .resources import ResourceOps
 from .responses import ResponsesOps
 from .specs import SpecOperation
 from .state import (
@@ -152,7 +153,8 @@ class StandinApp:
         self.stores = Stores()
         self.ops = Operations(self)
         # Handlers named after operationIds; the first that has one serves it.
-        self.router = Router([ResponsesOps(self), MediaOps(self), JobOps(self), self.ops])
+        self.router = Router([ResponsesOps(self), MediaOps(self), JobOps(self),
+                              ResourceOps(self), self.ops])
         self._rl_window = 0
         self._rl_count = 0
 

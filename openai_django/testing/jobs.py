@@ -28,6 +28,7 @@ from .state import (
     new_id,
     new_request_id,
     page,
+    progress,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -56,11 +57,7 @@ class JobOps:
         self.app = app
 
     def _fraction(self, record: dict) -> float:
-        """How far along a record is: 0 at the start, 1 when done."""
-        seconds = self.app.config.job_seconds
-        elapsed = record["elapsed"] + (time.monotonic() - record["since"]
-                                       if record["since"] is not None else 0.0)
-        return float("inf") if seconds <= 0 else elapsed / seconds
+        return progress(record, self.app.config.job_seconds)
 
     def _existing_file(self, file_id: Any, param: str) -> dict:
         if not isinstance(file_id, str) or not file_id:

@@ -20,7 +20,7 @@ from urllib.parse import parse_qsl
 from . import fakes
 from .http11 import Response, dumps, loads
 from .multipart import MultipartError, UploadedFile, parse_multipart
-from .state import MAX_EPOCHS, clamp_int, event, new_id
+from .state import MAX_EPOCHS, clamp_int, event, new_id, new_request_id
 
 if TYPE_CHECKING:  # pragma: no cover
     from .app import StandinApp
@@ -410,12 +410,18 @@ class Operations:
         usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                  "total_tokens": prompt_tokens + completion_tokens}
         cid = new_id("chatcmpl-")
+        obj = {"id": cid, "object": "chat.completion", "created": created, "model": model,
+               "system_fingerprint": SYSTEM_FINGERPRINT, "choices": choices, "usage": usage,
+               "service_tier": "default"}
+        if body.get("store") is True:  # listed by the stored-completion endpoints
+            metadata = body.get("metadata")
+            self.app.stores.chat.add({
+                "id": cid, "messages": messages,
+                "completion": {**obj, "metadata": metadata if isinstance(metadata, dict)
+                               else {}, "request_id": new_request_id()}})
         if _truthy(body.get("stream")):
             return self._chat_stream(req, body, cid, created, model, choices, usage)
-        return json_reply({"id": cid, "object": "chat.completion", "created": created,
-                           "model": model, "system_fingerprint": SYSTEM_FINGERPRINT,
-                           "choices": choices, "usage": usage, "service_tier": "default"},
-                          model)
+        return json_reply(obj, model)
 
     @staticmethod
     def _wanted_call(body: dict, messages: list[dict], last_user: str,

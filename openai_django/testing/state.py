@@ -425,6 +425,16 @@ def page(items: list[dict], query: dict, *, default_order: str = "desc",
             "has_more": len(ordered) > limit}
 
 
+def progress(record: dict, seconds: float) -> float:
+    """How far along a timed record is (0 at the start, 1 when done) after ``seconds`` of
+    running: ``record["elapsed"]`` banked plus the time since ``record["since"]`` (None while
+    paused).  0 seconds means done at once."""
+    elapsed = record["elapsed"]
+    if record["since"] is not None:
+        elapsed += time.monotonic() - record["since"]
+    return float("inf") if seconds <= 0 else elapsed / seconds
+
+
 class Stores:
     """The stores behind today's API (one object, replaced by ``/_control/reset``)."""
 
