@@ -509,12 +509,16 @@ def main(argv=None):
 
 
 def price_cache(price_for):
+    from openai_django import kinds
+    from openai_django.spec import get_registry
+
     cache = {}
 
     def cached(model, operation):
         key = (model, operation)
         if key not in cache:
-            cache[key] = price_for(model, operation)
+            basis = kinds.of(get_registry()[operation]).price_basis
+            cache[key] = price_for(model, basis) if basis else None
         return cache[key]
 
     return cached

@@ -16,6 +16,15 @@ DEFAULTS = {
     "API_KEY": None,
     # Sent upstream when the client sends no OpenAI-Organization header of its own.
     "ORGANIZATION": None,
+    # Organization administration (``/organization/...``, project roles: the operations the
+    # 2.3.0 spec marks ``AdminApiKeyAuth``) is not served unless this is True, and then only
+    # to superusers' keys, sent upstream with ``ADMIN_API_KEY`` (an admin key, never recorded).
+    "ADMIN_OPERATIONS": False,
+    "ADMIN_API_KEY": None,
+    # A path under /v1/ that neither bundled spec describes: "record" forwards it (the key
+    # checked, the call recorded, streams included), so next year's endpoints work the day
+    # they ship; "off" answers 404.
+    "PASSTHROUGH": "record",
     # Seconds. ``READ_TIMEOUT`` bounds the wait for the first byte and between stream events.
     "CONNECT_TIMEOUT": 10.0,
     "READ_TIMEOUT": 600.0,
@@ -157,11 +166,10 @@ app_settings = AppSettings(DEFAULTS)
 
 
 def _reload(*, setting, **kwargs):
+    # Each module resets its own state on ``setting_changed`` (the upstream client does in
+    # upstream.py): settings import nothing of the package.
     if setting == "OPENAI_DJANGO":
         app_settings.reload()
-        from openai_django import upstream
-
-        upstream.reset_client()
 
 
-setting_changed.connect(_reload)
+setting_changed.connect(_reload, dispatch_uid="openai_django.conf.reload")

@@ -1,10 +1,16 @@
 """One small exception hierarchy; every failure reaches the client as an OpenAI error body.
 
 ``{"error": {"message": ..., "type": ..., "param": ..., "code": ...}}`` with the status below.
+An error carries the recorded call it concerns (``call=``, its id goes out as ``X-Call-Id``),
+and :func:`exception_handler` is the one place an exception becomes a response.
 """
+
+import logging
 
 import orjson
 from django.http import HttpResponse
+
+logger = logging.getLogger("openai_django.errors")
 
 
 class OpenAIDjangoError(Exception):
@@ -13,11 +19,12 @@ class OpenAIDjangoError(Exception):
     default_code = None
     default_message = "The server had an error while processing your request."
 
-    def __init__(self, message=None, *, param=None, code=None, headers=None):
+    def __init__(self, message=None, *, param=None, code=None, headers=None, call=None):
         self.message = message or self.default_message
         self.param = param
         self.code = code if code is not None else self.default_code
         self.headers = headers or {}
+        self.call = call
         super().__init__(self.message)
 
     def body(self):
@@ -31,7 +38,10 @@ class OpenAIDjangoError(Exception):
         }
 
     def response(self):
-        return error_response(self.body(), self.status_code, self.headers)
+        response = error_response(self.body(), self.status_code, self.headers)
+        if self.call is not None:
+            response["X-Call-Id"] = str(self.call.pk)
+        return response
 
 
 class InvalidRequest(OpenAIDjangoError):
@@ -44,6 +54,15 @@ class AuthenticationFailed(OpenAIDjangoError):
     error_type = "invalid_request_error"
     default_code = "invalid_api_key"
     default_message = "Incorrect API key provided."
+
+    def response(self):
+        response = super().response()
+        response["WWW-Authenticate"] = 'Bearer realm="api"'
+        return response
+
+
+NO_KEY = ("You didn't provide an API key. You need to provide your API key in an Authorization "
+          "header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).")
 
 
 class PermissionDenied(OpenAIDjangoError):
@@ -129,11 +148,10 @@ class UpstreamStatusError(OpenAIDjangoError):
             error = None
         error = error if isinstance(error, dict) else {}
         exc = cls(error.get("message") or f"The upstream API answered HTTP {status}.",
-                  param=error.get("param"), code=error.get("code"))
+                  param=error.get("param"), code=error.get("code"), call=call)
         exc.status_code = status
         exc.error_type = error.get("type") or cls.error_type
         exc.upstream_body = body
-        exc.call = call
         return exc
 
 
@@ -146,3 +164,29 @@ def error_response(body, status, headers=None):
     for key, value in (headers or {}).items():
         response[key] = value
     return response
+
+
+def exception_handler(exc, context=None):
+    """The response for any exception raised while serving the gateway (DRF's
+    ``EXCEPTION_HANDLER`` signature, so the REST log's DRF views use it too)."""
+    from rest_framework import exceptions as drf
+
+    if isinstance(exc, OpenAIDjangoError):
+        return exc.response()
+    if isinstance(exc, drf.NotAuthenticated):
+        return AuthenticationFailed(NO_KEY, code=None).response()
+    if isinstance(exc, drf.AuthenticationFailed):
+        return AuthenticationFailed(str(exc.detail)).response()
+    if isinstance(exc, drf.MethodNotAllowed):
+        return MethodNotAllowed(str(exc.detail)).response()
+    if isinstance(exc, drf.PermissionDenied):
+        return PermissionDenied(str(exc.detail)).response()
+    if isinstance(exc, drf.Throttled):
+        return Throttled(str(exc.detail)).response()
+    if isinstance(exc, drf.APIException):
+        return error_response(error_body(str(exc.detail), code=exc.default_code),
+                              exc.status_code)
+    logger.exception("Unhandled error in the gateway", exc_info=exc)
+    return error_response(
+        error_body("The gateway had an error while processing your request.",
+                   type="server_error", code="internal_error"), 500)

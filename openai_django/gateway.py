@@ -1,30 +1,36 @@
-"""One entry for every caller: run a call in sync, stream or background mode.
+"""The one owner of a call's life: record first, send, finish or fail.
 
-HTTP views, the Python API, Celery tasks and admin replays all build an :class:`Invocation`
-and hand it here, so a call is recorded, sent and finished the same way whoever asked.
+HTTP views, the Python API, Celery tasks and admin replays all build an
+:class:`~openai_django.invocation.Invocation` and hand it here. :func:`run` answers a caller that
+waits (sync or stream) or queues a background call, with the ``Idempotency-Key`` handled once
+for all of them; :func:`perform` is one attempt at the upstream with the record finished in
+every outcome, which the background task calls with its retry policy. Nobody else sequences
+send, finish and fail.
 """
 
-import hashlib
 import http.client
 import logging
 import time
 from contextlib import closing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import orjson
-from urllib3.exceptions import HTTPError, ProtocolError, ReadTimeoutError
-from urllib3.filepost import encode_multipart_formdata
+from django.db import IntegrityError
 
 from openai_django import recorder
 from openai_django.conf import app_settings
 from openai_django.errors import (
+    Conflict,
     OpenAIDjangoError,
+    Unprocessable,
     UpstreamBadResponse,
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from openai_django.models import Call
-from openai_django.upstream import SSEParser, get_client, iter_stream
+from openai_django.invocation import Invocation  # noqa: F401 (the gateway's input, re-exported)
+from openai_django.models import Artifact, Call
+from openai_django.sse import SSEParser, encode
+from openai_django.upstream import get_client, iter_stream
 
 logger = logging.getLogger("openai_django.gateway")
 
@@ -33,119 +39,172 @@ PASS_HEADERS = ("content-type", "content-disposition")
 
 
 @dataclass
-class UploadedInput:
-    """A file sent with a multipart call: in memory, an uploaded file, or a stored artifact."""
-
-    field: str
-    name: str
-    content_type: str = "application/octet-stream"
-    index: int = 0
-    data: bytes | None = None
-    file: object = None  # a Django UploadedFile or an Artifact's FieldFile
-
-    def read(self):
-        if self.data is None:
-            source = self.file
-            source.open("rb")
-            try:
-                source.seek(0)
-                self.data = source.read()
-            finally:
-                if hasattr(source, "close") and not hasattr(source, "temporary_file_path"):
-                    source.close()
-        return self.data
-
-
-@dataclass
-class Invocation:
-    """Everything needed to perform one call, whoever asked for it."""
-
-    operation: object  # spec.Operation
-    path_kwargs: dict = field(default_factory=dict)
-    query: str = ""
-    body: object = None  # parsed JSON body, or the form fields of a multipart body
-    raw_body: bytes | None = None  # the JSON body exactly as the client sent it
-    files: list = field(default_factory=list)  # [UploadedInput]
-    headers: dict = field(default_factory=dict)  # forwarded headers, lower-case names
-    user: object = None
-    api_key: object = None
-    mode: str = Call.Mode.SYNC
-    source: str = Call.Source.HTTP
-    replay_of_id: object = None
-    idempotency_key: str = ""
-    target: object = None
-    callback: str = ""
-    started: float = field(default_factory=time.perf_counter)
-
-    @property
-    def stream(self):
-        if self.mode == Call.Mode.ASYNC or not self.operation.streamable:
-            return False
-        if isinstance(self.body, dict) and self.body.get("stream") is True:
-            return True
-        return "stream=true" in self.query.lower()
-
-    def recorded_headers(self):
-        return {k: v for k, v in self.headers.items() if k != "authorization"}
-
-    def json_bytes(self):
-        if self.raw_body is not None:
-            return self.raw_body
-        return orjson.dumps(self.body) if self.body is not None else None
-
-    def upstream_body(self):
-        """``(bytes or None, content type)`` to send upstream: the client's own JSON bytes, or
-        the multipart form rebuilt with its fields as sent and its files byte for byte."""
-        op = self.operation
-        if op.is_multipart:
-            fields = []
-            for name, value in (self.body or {}).items():
-                values = value if isinstance(value, list) else [value]
-                fields.extend((name, str(v)) for v in values)
-            for upload in self.files:
-                fields.append((upload.field, (upload.name, upload.read(), upload.content_type)))
-            data, content_type = encode_multipart_formdata(fields)
-            return data, content_type
-        if op.is_json or self.raw_body is not None or self.body is not None:
-            return self.json_bytes(), "application/json"
-        return None, None
-
-    def payload_bytes(self):
-        """What a background call needs to send later: the JSON body as sent (files are kept
-        as artifacts and read back from storage)."""
-        if self.operation.is_multipart:
-            return orjson.dumps(self.body or {})
-        return self.json_bytes() or b""
-
-    def request_hash(self):
-        digest = hashlib.sha256()
-        digest.update(f"{self.operation.id}\n{self.path_kwargs!r}\n{self.query}\n".encode())
-        if self.operation.is_multipart:
-            digest.update(orjson.dumps(self.body or {}, option=orjson.OPT_SORT_KEYS))
-            for upload in self.files:
-                digest.update(f"\n{upload.field}:{upload.name}:".encode())
-                digest.update(hashlib.sha256(upload.read()).digest())
-        elif self.body is not None:
-            digest.update(orjson.dumps(self.body, option=orjson.OPT_SORT_KEYS))
-        return digest.hexdigest()
-
-
-@dataclass
 class Result:
-    """What the caller gets back: the record and the upstream's answer."""
+    """What the caller gets back: the record and the upstream's answer (or the record's copy
+    of it, for a repeated ``Idempotency-Key``)."""
 
     call: Call
     status: int
     headers: dict
     body: bytes = b""
     stream: object = None  # a StreamRelay when the answer is an event stream
+    artifact: object = None  # the stored body, when the answer comes from the record
+    queued: bool = False  # a background call: the record, not the answer
+    replayed: bool = False  # the answer of an earlier call with the same Idempotency-Key
 
     @property
     def content_type(self):
         return self.headers.get("content-type", "application/json")
 
+    def content(self):
+        """The body as bytes (read from storage for a stored one)."""
+        if self.artifact is not None:
+            from openai_django.storage import open_artifact
+
+            with open_artifact(self.artifact) as handle:
+                return handle.read()
+        return self.body
+
     def json(self):
-        return orjson.loads(self.body) if self.body else None
+        content = self.content()
+        return orjson.loads(content) if content else None
+
+
+def run(invocation):
+    """Answer one invocation: performed now (sync or stream), or queued (background), or, for
+    an ``Idempotency-Key`` already used by the same user, the record of that call."""
+    existing = _idempotent(invocation)
+    if existing is not None:
+        return existing
+    try:
+        if invocation.mode == Call.Mode.ASYNC:
+            from openai_django import tasks
+
+            return Result(tasks.submit_invocation(invocation), 202, {}, queued=True)
+        return perform(invocation)
+    except IntegrityError as exc:
+        # A concurrent request with the same Idempotency-Key won the insert.
+        existing = _idempotent(invocation)
+        if existing is None:
+            raise Conflict("A request with this Idempotency-Key is already in progress.") \
+                from exc
+        return existing
+
+
+def _idempotent(invocation):
+    """The answer for a repeated ``Idempotency-Key`` of the same user, ``None`` if it is new;
+    the same key with another request is a 422, one still being answered a 409."""
+    if not invocation.idempotency_key or invocation.operation.method != "POST":
+        return None
+    existing = (Call.objects.filter(user=invocation.user,
+                                    idempotency_key=invocation.idempotency_key)
+                .only("id", "status", "request_hash", "mode", "operation", "path",
+                      "response_status", "response_body", "response_text",
+                      "response_content_type", "response_headers", "stream_events", "outcome",
+                      "error", "created", "body_purged_at", "metadata_only")
+                .first())
+    if existing is None:
+        return None
+    if existing.request_hash != invocation.request_hash():
+        raise Unprocessable("This Idempotency-Key was already used with a different request.",
+                            param="Idempotency-Key")
+    if existing.mode == Call.Mode.ASYNC:
+        return Result(existing, 202, {}, queued=True, replayed=True)
+    if not existing.is_finished:
+        raise Conflict("A request with this Idempotency-Key is still in progress.",
+                       code="idempotency_in_progress", call=existing)
+    return recorded(existing)
+
+
+def recorded(call):
+    """The upstream's answer as it was returned, from the record (raises
+    :class:`~openai_django.errors.NotFound` when the record no longer keeps it)."""
+    from openai_django.errors import NotFound
+    from openai_django.kinds import of_call
+
+    status = call.response_status or 200
+    content_type = call.response_content_type or "application/json"
+    headers = {"content-type": content_type, "x-call-id": str(call.pk)}
+    result = Result(call, status, headers, replayed=True)
+    artifact = (call.artifacts.filter(role__in=[Artifact.Role.RESPONSE,
+                                                Artifact.Role.FILE_CONTENT,
+                                                Artifact.Role.GENERATED_AUDIO])
+                .exclude(file="").filter(purged_at__isnull=True).first())
+    if artifact is not None and not call.stream:
+        result.artifact = artifact
+    elif call.stream_events is not None:
+        kind = of_call(call)
+        result.body = encode(call.stream_events, named=kind.stream_format == "events",
+                             done=call.outcome == Call.Outcome.OK)
+        headers["content-type"] = "text/event-stream"
+    elif call.response_body is not None:
+        result.body = orjson.dumps(call.response_body)
+    elif call.response_text:
+        result.body = call.response_text.encode()
+    elif call.error is not None:
+        result.body = orjson.dumps({"error": call.error})
+        headers["content-type"] = "application/json"
+    elif call.body_purged_at or call.metadata_only:
+        raise NotFound("The response body of this call is not kept (metadata only or purged).",
+                       code="body_not_kept", call=call)
+    return result
+
+
+# -- one attempt ---------------------------------------------------------------------------
+
+
+def send(invocation):
+    """Ask the upstream (raises ``UpstreamUnavailable``/``UpstreamTimeout``)."""
+    op = invocation.operation
+    body, content_type = invocation.upstream_body()
+    return get_client().send(
+        op.method, op.upstream_path(invocation.path_kwargs), query=invocation.query,
+        headers={k: v for k, v in invocation.headers.items()
+                 if k in app_settings.FORWARD_HEADERS},
+        body=body, content_type=content_type, stream=invocation.stream, admin=op.admin,
+    )
+
+
+def perform(invocation, call=None, *, retry=None):
+    """One attempt at the upstream, the record finished in every outcome; returns a
+    :class:`Result` (its stream still to be relayed for a stream call).
+
+    The record is written first unless ``call`` (a queued record, claimed) is given.
+    ``retry(response, error)`` (background calls) may take over an attempt that failed:
+    it returns ``("retry", None)`` when it queued the next attempt, ``("drop", None)`` when
+    the record is no longer this attempt's to write, or ``(None, outcome)`` to finish the call
+    here with that outcome (``None``: as the answer says). Gateway-side failures raise an
+    :class:`OpenAIDjangoError` carrying the call.
+    """
+    if call is None:
+        call = recorder.start(invocation)
+    call.kind = invocation.kind
+    try:
+        response, error = send(invocation), None
+    except Exception as exc:
+        response, error = None, exc
+    outcome = None
+    if retry is not None:
+        verdict, outcome = retry(response, error)
+        if verdict is not None:
+            return Result(call, 0, {}, queued=True)
+    if error is not None:
+        recorder.fail(call, error, started=invocation.started, outcome=outcome)
+        if isinstance(error, OpenAIDjangoError):
+            error.call = call
+            raise error
+        raise error
+    if response.raw is not None:
+        relay = StreamRelay(call, response, invocation.started)
+        return Result(call, response.status, _client_headers(response, call), stream=relay)
+    try:
+        recorder.finish(call, response, started=invocation.started, outcome=outcome)
+    except Exception as exc:
+        logger.exception("Could not finish the record of call %s", call.pk)
+        recorder.fail(call, exc, started=invocation.started, outcome=Call.Outcome.ERROR)
+    if call.outcome == Call.Outcome.BAD_RESPONSE:
+        raise UpstreamBadResponse(call=call)
+    return Result(call, response.status, _client_headers(response, call), body=response.body)
 
 
 def _client_headers(response, call):
@@ -155,59 +214,13 @@ def _client_headers(response, call):
     return headers
 
 
-def send(invocation, call):
-    op = invocation.operation
-    body, content_type = invocation.upstream_body()
-    return get_client().send(
-        op.method, op.upstream_path(invocation.path_kwargs), query=invocation.query,
-        headers=_forward_headers(invocation), body=body, content_type=content_type,
-        stream=invocation.stream,
-    )
-
-
-def _forward_headers(invocation):
-    allowed = app_settings.FORWARD_HEADERS
-    return {k: v for k, v in invocation.headers.items() if k in allowed}
-
-
-def run(invocation, call=None):
-    """Perform a call now (sync or stream) and return a :class:`Result`.
-
-    The record is written before the upstream is asked unless ``call`` (a queued record) is
-    given. Gateway-side failures raise an :class:`OpenAIDjangoError` carrying ``call``.
-    """
-    if call is None:
-        call = recorder.start(invocation)
-    try:
-        response = send(invocation, call)
-    except OpenAIDjangoError as exc:
-        recorder.fail(call, exc, started=invocation.started)
-        exc.call = call
-        raise
-    except Exception as exc:
-        recorder.fail(call, exc, started=invocation.started)
-        raise
-    if response.raw is not None:
-        relay = StreamRelay(call, response, invocation.started)
-        return Result(call, response.status, _client_headers(response, call), stream=relay)
-    try:
-        recorder.finish(call, response, started=invocation.started)
-    except Exception as exc:
-        logger.exception("Could not finish the record of call %s", call.pk)
-        recorder.fail(call, exc, started=invocation.started, outcome=Call.Outcome.ERROR)
-    if call.outcome == Call.Outcome.BAD_RESPONSE:
-        error = UpstreamBadResponse()
-        error.call = call
-        raise error
-    return Result(call, response.status, _client_headers(response, call), body=response.body)
-
-
 class StreamRelay:
     """Relays an upstream event stream to the client chunk by chunk, keeping the events.
 
     Iterating yields the upstream's bytes as they arrive. The record is finished exactly once:
-    at ``[DONE]``, when the upstream ends or breaks, or when the client goes away (the server
-    closes the iterator, or ``close()`` is called before iteration began).
+    at the stream's end (``[DONE]``, or the kind's last named event), when the upstream ends
+    or breaks, or when the client goes away (the server closes the iterator, or ``close()`` is
+    called before iteration began).
     """
 
     def __init__(self, call, response, started):
@@ -226,6 +239,7 @@ class StreamRelay:
         if self.finished:
             return
         self.finished = True
+        self.parser.close()
         response = self.response
         response.elapsed_ms = (time.perf_counter() - self.started) * 1000
         events = self.parser.events
@@ -249,9 +263,8 @@ class StreamRelay:
         except GeneratorExit:
             self._finish(Call.Outcome.CLIENT_DISCONNECTED)
             raise
-        except (http.client.HTTPException, ReadTimeoutError, ProtocolError, HTTPError,
-                OSError) as exc:
-            timed_out = isinstance(exc, (ReadTimeoutError, TimeoutError))
+        except (http.client.HTTPException, OSError) as exc:
+            timed_out = isinstance(exc, TimeoutError)
             error = (UpstreamTimeout("The upstream API stopped sending its stream.")
                      if timed_out else
                      UpstreamUnavailable(f"The upstream API broke off its stream: {exc}"))
@@ -260,7 +273,7 @@ class StreamRelay:
             # Tell the client in-band: it already has a 200 and cannot get another status.
             yield b"data: " + orjson.dumps(error.body()) + b"\n\n"
             return
-        self._finish(Call.Outcome.OK if self.parser.done else Call.Outcome.STREAM_INCOMPLETE)
+        self._finish(Call.Outcome.OK)
 
     def close(self):
         """Called by Django when the response is closed; finishes the record if the relay did
@@ -272,66 +285,3 @@ class StreamRelay:
             raw.close()
             raw.release_conn()
             self._finish(Call.Outcome.CLIENT_DISCONNECTED)
-
-
-def invocation_from_call(call, *, overrides=None, mode=None, source=None, replay_of=None,
-                         user=None, api_key=None):
-    """Rebuild the invocation a recorded call made, to perform it (a queued background call)
-    or to replay it (``replay_of`` set), with ``overrides`` merged into the body.
-
-    A queued call is rebuilt from its pending payload (exactly what the client sent, never the
-    redacted copy); a replay from the recorded request and its input artifacts, re-attached
-    from storage.
-    """
-    from openai_django.models import Artifact
-    from openai_django.spec import get_registry
-
-    operation = get_registry()[call.operation]
-    path_kwargs = _path_kwargs(operation, call.path)
-    raw_body = None
-    if call.payload is not None and replay_of is None:
-        payload = bytes(call.payload)
-        body = orjson.loads(payload) if payload else None
-        if operation.is_json or not operation.is_multipart:
-            raw_body = payload or None
-    else:
-        body = call.request_body
-        if body is None and (operation.is_json or operation.is_multipart):
-            raise ValueError(f"Call {call.pk} has no recorded request body to send again.")
-    if overrides:
-        body = {**(body or {}), **overrides}
-        raw_body = None
-    files = [
-        UploadedInput(field=a.field, name=a.name, content_type=a.content_type, index=a.index,
-                      file=a.file)
-        for a in call.artifacts.filter(role__in=Artifact.INPUT_ROLES).order_by("field", "index")
-        if a.file and not a.purged_at
-    ] if operation.is_multipart else []  # only multipart calls have input files: no query
-    if operation.file_fields and not files and operation.is_multipart:
-        raise ValueError(f"Call {call.pk} has no stored input files to send again.")
-    return Invocation(
-        operation=operation, path_kwargs=path_kwargs, query=call.query, body=body,
-        raw_body=raw_body, files=files,
-        headers={k: v for k, v in (call.request_headers or {}).items() if k != "authorization"},
-        user=user if user is not None else call.user,
-        # A replay made by someone else is theirs, not made with the original caller's key.
-        api_key=api_key if api_key is not None else (
-            call.api_key if user is None or user.pk == call.user_id else None),
-        mode=mode or call.mode, source=source or call.source,
-        replay_of_id=replay_of.pk if replay_of is not None else call.replay_of_id,
-        # Only a new record (a replay) needs the target object; performing a queued call
-        # does not, and fetching it would cost a query per background call.
-        target=call.target if call.target_type_id and replay_of is not None else None,
-        # A replay is for looking at, not for the site's "your description is ready" hooks.
-        callback=call.callback if replay_of is None else "",
-    )
-
-
-def _path_kwargs(operation, path):
-    """Read the path parameters back out of a recorded upstream path."""
-    import re
-    from urllib.parse import unquote
-
-    pattern = "^" + re.sub(r"\\{([^}]+)\\}", r"(?P<\1>[^/]+)", re.escape(operation.path)) + "$"
-    match = re.match(pattern, path)
-    return {k: unquote(v) for k, v in match.groupdict().items()} if match else {}

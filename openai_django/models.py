@@ -13,6 +13,8 @@ from django.db import models
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
+from openai_django.managers import CallManager
+
 KEY_PREFIX = "sk-od-"
 
 
@@ -104,26 +106,6 @@ class APIKey(models.Model):
     def revoke(self):
         self.revoked_at = timezone.now()
         self.save(update_fields=["revoked_at"])
-
-
-class CallQuerySet(models.QuerySet):
-    def for_user(self, user):
-        return self.filter(user=user)
-
-    def finished(self):
-        return self.filter(status__in=Call.Status.finished())
-
-    def failed(self):
-        return self.filter(status=Call.Status.FAILED)
-
-    def replays(self):
-        return self.filter(replay_of__isnull=False)
-
-    def for_object(self, obj):
-        """Every call attached to one of the site's own objects (``target=`` in the API)."""
-        return self.filter(
-            target_type=ContentType.objects.get_for_model(obj), target_id=str(obj.pk)
-        )
 
 
 class Call(models.Model):
@@ -227,11 +209,25 @@ class Call(models.Model):
         help_text=_("The generated text (assembled from a stream, or the first choice)."),
     )
     upstream_request_id = models.CharField(_("upstream request id"), max_length=100, blank=True)
+    object_id = models.CharField(
+        _("upstream object"), max_length=200, blank=True,
+        help_text=_("The upstream object the call created or concerns (file-…, batch_…, "
+                    "resp_…), to find every call about it."))
+    links = models.JSONField(
+        _("linked objects"), null=True, blank=True,
+        help_text=_("Other upstream objects the answer names, by role (a batch's input, "
+                    "output and error files; a job's training file…)."))
     error = models.JSONField(_("error"), null=True, blank=True)
 
     prompt_tokens = models.PositiveIntegerField(_("prompt tokens"), null=True, blank=True)
     completion_tokens = models.PositiveIntegerField(_("completion tokens"), null=True, blank=True)
     total_tokens = models.PositiveIntegerField(_("total tokens"), null=True, blank=True)
+    cached_tokens = models.PositiveIntegerField(
+        _("cached tokens"), null=True, blank=True,
+        help_text=_("Prompt tokens the upstream served from its cache (billed lower)."))
+    reasoning_tokens = models.PositiveIntegerField(
+        _("reasoning tokens"), null=True, blank=True,
+        help_text=_("Completion tokens a reasoning model spent thinking (billed as output)."))
     cost_usd = models.DecimalField(_("estimated cost (USD)"), max_digits=14, decimal_places=6,
                                    null=True, blank=True)
     latency_ms = models.FloatField(_("latency (ms)"), null=True, blank=True,
@@ -265,7 +261,7 @@ class Call(models.Model):
                                    help_text=_("The redact hook changed what was stored."))
     body_purged_at = models.DateTimeField(_("bodies purged"), null=True, blank=True)
 
-    objects = CallQuerySet.as_manager()
+    objects = CallManager()
 
     class Meta:
         verbose_name = _("call")
@@ -285,6 +281,10 @@ class Call(models.Model):
             models.Index(fields=["status", "-created"], name="od_call_status_created",
                          condition=~models.Q(status="succeeded")),
             models.Index(fields=["upstream_request_id"], name="od_call_upstream_rid"),
+            # Only calls about objects (files, batches, responses...) have one: a partial
+            # index that costs the hot chat path nothing.
+            models.Index(fields=["object_id", "created"], name="od_call_object",
+                         condition=~models.Q(object_id="")),
             models.Index(fields=["replay_of"], name="od_call_replay_of",
                          condition=models.Q(replay_of__isnull=False)),
             models.Index(fields=["target_type", "target_id"], name="od_call_target",
@@ -309,10 +309,6 @@ class Call(models.Model):
 
     def __str__(self):
         return f"{self.operation} {self.id}"
-
-    @property
-    def public_id(self):
-        return str(self.id)
 
     @property
     def is_finished(self):
@@ -350,6 +346,7 @@ class Artifact(models.Model):
         MASK = "mask", _("mask")
         AUDIO = "audio", _("audio")
         GENERATED_IMAGE = "generated_image", _("generated image")
+        GENERATED_AUDIO = "generated_audio", _("generated audio")
         FILE_CONTENT = "file_content", _("downloaded file content")
         TRANSCRIPT = "transcript", _("transcript")
         RESPONSE = "response", _("response body")

@@ -34,7 +34,6 @@ DEFAULT_PRICES = {
     "dall-e-2": {"image": "0.02"},
 }
 
-IMAGE_OPERATIONS = {"createImage", "createImageEdit", "createImageVariation"}
 THOUSAND = Decimal(1000)
 
 
@@ -44,10 +43,10 @@ def price_table():
     return table
 
 
-def price_for(model, operation=None):
+def price_for(model, basis=None):
     table = price_table()
-    if not model and operation in IMAGE_OPERATIONS:
-        model = "dall-e-2"
+    if not model and basis == "image":
+        model = "dall-e-2"  # the default model of image operations that name none
     if model in table:
         return table[model]
     best = None
@@ -58,9 +57,16 @@ def price_for(model, operation=None):
     return best[1] if best else None
 
 
-def estimate_cost(call):
-    """The estimated USD cost of a finished call, or ``None`` when no price applies."""
-    price = price_for(call.model or "", call.operation)
+def estimate_cost(call, kind=None):
+    """The estimated USD cost of a finished call, or ``None`` when no price applies (the
+    call's kind says what it is priced by)."""
+    if kind is None:
+        from openai_django.kinds import of_call
+
+        kind = of_call(call)
+    if kind.price_basis is None:
+        return None
+    price = price_for(call.model or "", kind.price_basis)
     if not price or call.status == "failed" and not call.total_tokens:
         return None
     cost = Decimal(0)

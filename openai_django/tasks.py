@@ -3,7 +3,7 @@
 A background call is a :class:`~openai_django.models.Call` row first (written and committed by
 :func:`submit_invocation`), then a message that carries only its id and the number of the
 attempt it is for. Every move between states is a compare-and-set on the row
-(:func:`openai_django.recorder.transition`), so a message delivered twice, a sweep and a cancel
+(:meth:`CallManager.transition`), so a message delivered twice, a sweep and a cancel
 racing each other can never make two upstream requests for the same attempt::
 
     queued (k attempts made) --claim--> running (attempt k+1) --> succeeded | failed
@@ -36,7 +36,7 @@ from celery.signals import worker_ready
 from django.db import close_old_connections, transaction
 from django.utils import timezone
 
-from openai_django import concurrency, gateway, recorder
+from openai_django import concurrency, gateway, invocation, kinds, recorder
 from openai_django.conf import app_settings
 from openai_django.errors import Conflict, OpenAIDjangoError, UpstreamTimeout, UpstreamUnavailable
 from openai_django.models import Artifact, Call
@@ -46,9 +46,6 @@ logger = logging.getLogger("openai_django.tasks")
 HOST = socket.gethostname()
 # Statuses worth another attempt besides every 5xx (those the official SDKs retry too).
 RETRY_STATUSES = frozenset({408, 409, 429})
-# Operations that create an object upstream: when an attempt's fate is unknown (its worker was
-# lost, or it timed out after sending) it is not repeated, since it may have created one.
-UNREPEATABLE_OPERATIONS = frozenset({"createFile", "createFineTune"})
 
 # Ids of the calls this process is performing right now (a threads pool shares one pid).
 _active = set()
@@ -108,10 +105,9 @@ def _publish_first(call, *, raise_errors):
         enqueue(call.pk, 1)
     except Exception as exc:
         logger.exception("Could not queue call %s", call.pk)
-        error = QueueUnavailable()
+        error = QueueUnavailable(call=call)
         recorder.fail(call, error, outcome=Call.Outcome.ERROR)
         if raise_errors:
-            error.call = call
             raise error from exc
 
 
@@ -119,11 +115,11 @@ def replay(call_id, overrides=None, user=None):
     """Queue a new call that repeats a recorded one (``overrides`` merged into its body),
     linked to it by ``replay_of``; returns the new, queued :class:`Call`."""
     original = Call.objects.get(pk=call_id)
-    invocation = gateway.invocation_from_call(
+    replayed = invocation.from_call(
         original, overrides=overrides, mode=Call.Mode.ASYNC, source=Call.Source.REPLAY,
         replay_of=original, user=user,
     )
-    return submit_invocation(invocation)
+    return submit_invocation(replayed)
 
 
 def cancel(call):
@@ -134,7 +130,7 @@ def cancel(call):
     """
     error = Conflict("The call was cancelled before it was sent upstream.",
                      code="call_cancelled")
-    if not recorder.transition(call, {"status": Call.Status.QUEUED},
+    if not Call.objects.transition(call, {"status": Call.Status.QUEUED},
                                status=Call.Status.CANCELLED, outcome=Call.Outcome.CANCELLED,
                                error=error.body()["error"], finished_at=timezone.now()):
         return False
@@ -209,7 +205,7 @@ def perform(call_id, attempt=1, task_id=""):
                     attempt, call.pk, call.status, call.attempt_count)
         return "stale"
     try:
-        invocation = gateway.invocation_from_call(call)
+        rebuilt = invocation.from_call(call)
     except Exception as exc:
         logger.exception("Call %s cannot be rebuilt", call.pk)
         if _claim(call, attempt, task_id, None):
@@ -226,17 +222,15 @@ def perform(call_id, attempt=1, task_id=""):
         if not _claim(call, attempt, task_id, lease):
             return "stale"
         _active.add(call.pk)
-        claimed = time.monotonic()
+        policy = RetryPolicy(call, rebuilt, attempt, lease)
         try:
-            response, error = gateway.send(invocation, call), None
-        except Exception as exc:
-            response, error = None, exc
-        # Stamped before the slot is given back: attempts' [started, ended] spans lie within
-        # their leases, so overlaps counted from the log never exceed the cap.
-        call.attempts[-1]["ended"] = _now_iso()
-        call.attempts[-1]["ms"] = round((time.monotonic() - claimed) * 1000, 3)
-        lease.release()
-        return _conclude(call, invocation, attempt, response, error, claimed)
+            result = gateway.perform(rebuilt, call, retry=policy)
+        except OpenAIDjangoError:
+            return call.status  # the record is finished (unreachable, timed out...)
+        except Exception:
+            logger.error("Call %s failed in the gateway", call.pk, exc_info=True)
+            return call.status
+        return policy.verdict or call.status if result.queued else call.status
     finally:
         lease.release()
         _active.discard(call.pk)
@@ -254,7 +248,7 @@ def _claim(call, attempt, task_id, lease):
              "pst": _own_start(pid), "started": _now_iso()}
     if lease is not None and lease.held:
         entry["leases"] = lease.tokens
-    return recorder.transition(
+    return Call.objects.transition(
         call, {"status": Call.Status.QUEUED, "attempt_count": attempt - 1},
         status=Call.Status.RUNNING, attempt_count=attempt,
         attempts=list(call.attempts or []) + [entry], started_at=timezone.now(),
@@ -270,63 +264,83 @@ def _error_message(response):
         return response.body[:200].decode("utf-8", "replace")
 
 
-def _conclude(call, invocation, attempt, response, error, claimed):
-    entry = call.attempts[-1]
-    if response is not None:
-        entry["status"] = response.status
-        ok = 200 <= response.status < 300
-        entry["outcome"] = "ok" if ok else "http_error"
-        retryable = response.status in RETRY_STATUSES or response.status >= 500
-        if not ok:
-            entry["error"] = _error_message(response)
-    else:
-        timed_out = isinstance(error, UpstreamTimeout)
-        entry["outcome"] = ("timeout" if timed_out else
-                            "unreachable" if isinstance(error, UpstreamUnavailable) else "error")
-        entry["error"] = str(error)[:300]
-        retryable = isinstance(error, (UpstreamUnavailable, UpstreamTimeout)) and not (
-            timed_out and call.operation in UNREPEATABLE_OPERATIONS)
-    outcome = None
-    if retryable:
-        delay, reason = retry_plan(attempt, response)
-        if delay is not None:
-            entry["retry_in"] = round(delay, 3)
-            entry["retry_at"] = (timezone.now() + timedelta(seconds=delay)).isoformat()
-            if recorder.transition(call, {"status": Call.Status.RUNNING,
-                                          "attempt_count": attempt},
-                                   status=Call.Status.QUEUED, attempts=call.attempts):
-                logger.info("Call %s attempt %s: %s; retry in %.2fs", call.pk, attempt,
-                            entry.get("status") or entry["outcome"], delay)
-                try:
-                    enqueue(call.pk, attempt + 1, countdown=delay)
-                except Exception as exc:
-                    logger.exception("Could not queue the retry of call %s", call.pk)
-                    recorder.fail(call, QueueUnavailable(
-                        "The retry of this call could not be queued."),
-                        outcome=Call.Outcome.ERROR)
-                    raise QueueUnavailable() from exc
-            return "retry"
-        entry["gave_up"] = reason
-        outcome = Call.Outcome.GAVE_UP
-    if (time.monotonic() - claimed) > app_settings.STALE_RUNNING_AFTER / 2 and not \
-            Call.objects.filter(pk=call.pk, status=Call.Status.RUNNING,
-                                attempt_count=attempt).exists():
-        # Ran so long that a sweep declared it lost and moved on: the record belongs to
-        # whatever happened next, not to this late answer.
-        logger.warning("Call %s attempt %s ended after it was declared lost; answer dropped",
-                       call.pk, attempt)
-        return "superseded"
-    if response is not None:
+class RetryPolicy:
+    """What a background attempt does when it ends, before the gateway finishes the record:
+    log it, give the concurrency slot back, and take over an attempt worth another try
+    (429, 5xx, a connection error) by queueing the next one after the backoff."""
+
+    def __init__(self, call, invocation, attempt, lease):
+        self.call, self.invocation, self.attempt, self.lease = call, invocation, attempt, lease
+        self.claimed = time.monotonic()
+        self.verdict = None
+
+    def __call__(self, response, error):
+        call, attempt = self.call, self.attempt
+        entry = call.attempts[-1]
+        # Stamped before the slot is given back: attempts' [started, ended] spans lie within
+        # their leases, so overlaps counted from the log never exceed the cap.
+        entry["ended"] = _now_iso()
+        entry["ms"] = round((time.monotonic() - self.claimed) * 1000, 3)
+        self.lease.release()
+        if response is not None:
+            entry["status"] = response.status
+            ok = 200 <= response.status < 300
+            entry["outcome"] = "ok" if ok else "http_error"
+            retryable = response.status in RETRY_STATUSES or response.status >= 500
+            if not ok:
+                entry["error"] = _error_message(response)
+        else:
+            timed_out = isinstance(error, UpstreamTimeout)
+            entry["outcome"] = ("timeout" if timed_out else
+                                "unreachable" if isinstance(error, UpstreamUnavailable)
+                                else "error")
+            entry["error"] = str(error)[:300]
+            retryable = isinstance(error, (UpstreamUnavailable, UpstreamTimeout)) and not (
+                timed_out and not _repeatable(call))
+        outcome = None
+        if retryable:
+            delay, reason = retry_plan(attempt, response)
+            if delay is not None:
+                self._requeue(entry, delay)
+                self.verdict = "retry"
+                return "retry", None
+            entry["gave_up"] = reason
+            outcome = Call.Outcome.GAVE_UP
+        if (time.monotonic() - self.claimed) > app_settings.STALE_RUNNING_AFTER / 2 and not \
+                Call.objects.filter(pk=call.pk, status=Call.Status.RUNNING,
+                                    attempt_count=attempt).exists():
+            # Ran so long that a sweep declared it lost and moved on: the record belongs to
+            # whatever happened next, not to this late answer.
+            logger.warning("Call %s attempt %s ended after it was declared lost; answer "
+                           "dropped", call.pk, attempt)
+            self.verdict = "superseded"
+            return "drop", None
+        return None, outcome
+
+    def _requeue(self, entry, delay):
+        call, attempt = self.call, self.attempt
+        entry["retry_in"] = round(delay, 3)
+        entry["retry_at"] = (timezone.now() + timedelta(seconds=delay)).isoformat()
+        if not Call.objects.transition(call, {"status": Call.Status.RUNNING,
+                                              "attempt_count": attempt},
+                                       status=Call.Status.QUEUED, attempts=call.attempts):
+            return
+        logger.info("Call %s attempt %s: %s; retry in %.2fs", call.pk, attempt,
+                    entry.get("status") or entry["outcome"], delay)
         try:
-            recorder.finish(call, response, started=invocation.started, outcome=outcome)
+            enqueue(call.pk, attempt + 1, countdown=delay)
         except Exception as exc:
-            logger.exception("Could not finish the record of call %s", call.pk)
-            recorder.fail(call, exc, started=invocation.started, outcome=Call.Outcome.ERROR)
-    else:
-        if not isinstance(error, OpenAIDjangoError):
-            logger.error("Call %s failed in the gateway", call.pk, exc_info=error)
-        recorder.fail(call, error, started=invocation.started, outcome=outcome)
-    return call.status
+            logger.exception("Could not queue the retry of call %s", call.pk)
+            recorder.fail(call, QueueUnavailable("The retry of this call could not be "
+                                                 "queued."), outcome=Call.Outcome.ERROR)
+            raise QueueUnavailable() from exc
+
+
+def _repeatable(call):
+    """Whether an attempt of ``call`` whose fate is unknown may be made again (its kind says:
+    not a POST that creates something upstream, since the lost attempt may have)."""
+    operation = call.operation_spec
+    return operation is None or kinds.of(operation).repeatable(operation)
 
 
 # -- retries -------------------------------------------------------------------------------
@@ -458,9 +472,9 @@ def _recover_lost(call, *, requeue):
     entry["ended"] = _now_iso()
     concurrency.release_tokens(entry.get("leases"))
     expected = {"status": Call.Status.RUNNING, "attempt_count": attempt}
-    repeatable = call.mode == Call.Mode.ASYNC and call.operation not in UNREPEATABLE_OPERATIONS
+    repeatable = call.mode == Call.Mode.ASYNC and _repeatable(call)
     if repeatable and attempt < app_settings.MAX_ATTEMPTS:
-        if not recorder.transition(call, expected, status=Call.Status.QUEUED,
+        if not Call.objects.transition(call, expected, status=Call.Status.QUEUED,
                                    attempts=call.attempts):
             return None
         logger.warning("Call %s attempt %s was lost with its worker; attempt %s queued",
@@ -475,7 +489,7 @@ def _recover_lost(call, *, requeue):
     error = CallLost()
     # The claim writes the error and end time with the status, so no reader ever sees a
     # finished call without them (fail() below completes the rest and sends the signal).
-    if not recorder.transition(call, expected, status=Call.Status.FAILED,
+    if not Call.objects.transition(call, expected, status=Call.Status.FAILED,
                                outcome=Call.Outcome.LOST, attempts=call.attempts,
                                error=error.body()["error"], finished_at=timezone.now()):
         return None
@@ -514,7 +528,7 @@ def sweep():
                 counts["lost"] += 1
         else:
             error = CallLost("The process serving this call was lost before it finished.")
-            if stale and recorder.transition(call, {"status": Call.Status.RUNNING},
+            if stale and Call.objects.transition(call, {"status": Call.Status.RUNNING},
                                              status=Call.Status.FAILED,
                                              outcome=Call.Outcome.LOST,
                                              error=error.body()["error"], finished_at=now):

@@ -20,6 +20,8 @@ import time
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+from django.core.signals import setting_changed
+
 from openai_django import __version__
 from openai_django.conf import app_settings
 from openai_django.errors import UpstreamTimeout, UpstreamUnavailable
@@ -158,11 +160,12 @@ def _header_dict(response):
 
 class UpstreamClient:
     def __init__(self, base_url, api_key, *, organization=None, connect_timeout=10.0,
-                 read_timeout=600.0, pool_size=64):
+                 read_timeout=600.0, pool_size=64, admin_api_key=None):
         self.base_url = base_url.rstrip("/")
         parts = urlsplit(self.base_url)
         self.base_path = parts.path.rstrip("/")
         self.api_key = api_key
+        self.admin_api_key = admin_api_key
         self.organization = organization
         scheme = parts.scheme or "http"
         port = parts.port or (443 if scheme == "https" else 80)
@@ -178,12 +181,13 @@ class UpstreamClient:
         target = self.base_path + path
         return f"{target}?{query}" if query else target
 
-    def _headers(self, headers, content_type):
+    def _headers(self, headers, content_type, admin=False):
         out = {"User-Agent": USER_AGENT}
         if headers:
             out.update(headers)
-        if self.api_key:
-            out["Authorization"] = f"Bearer {self.api_key}"
+        key = self.admin_api_key if admin else self.api_key
+        if key:
+            out["Authorization"] = f"Bearer {key}"
         if self.organization and "openai-organization" not in {k.lower() for k in out}:
             out["OpenAI-Organization"] = self.organization
         if content_type:
@@ -191,15 +195,16 @@ class UpstreamClient:
         return out
 
     def send(self, method, path, *, query="", headers=None, body=None, content_type=None,
-             stream=False):
-        """Send one request. With ``stream=True`` the body is left unread in ``.raw``.
+             stream=False, admin=False):
+        """Send one request. With ``stream=True`` the body is left unread in ``.raw``;
+        ``admin`` sends the organization-administration key (``ADMIN_API_KEY``).
 
         Raises :class:`UpstreamUnavailable` or :class:`UpstreamTimeout`; an HTTP error status is
         a normal response, passed through by the caller.
         """
         start = time.perf_counter()
         target = self.target(path, query)
-        request_headers = self._headers(headers, content_type)
+        request_headers = self._headers(headers, content_type, admin)
         conn, raw = self._request(method, target, body, request_headers)
         first_byte = (time.perf_counter() - start) * 1000
         headers_out = _header_dict(raw)
@@ -284,6 +289,7 @@ def get_client():
                     connect_timeout=app_settings.CONNECT_TIMEOUT,
                     read_timeout=app_settings.READ_TIMEOUT,
                     pool_size=app_settings.POOL_SIZE,
+                    admin_api_key=app_settings.ADMIN_API_KEY,
                 )
             client = _client
     return client
@@ -297,6 +303,15 @@ def reset_client():
         old.pool.clear()
 
 
+def _settings_changed(*, setting, **kwargs):
+    # The client is built from settings: a change (override_settings in tests) rebuilds it.
+    if setting == "OPENAI_DJANGO":
+        reset_client()
+
+
+setting_changed.connect(_settings_changed, dispatch_uid="openai_django.upstream.reset")
+
+
 def iter_stream(raw, chunk_size=65536):
     """Yield the upstream's bytes as they arrive (one socket read at a time, no waiting for a
     full buffer), so the client sees each event when the upstream sent it."""
@@ -308,38 +323,3 @@ def iter_stream(raw, chunk_size=65536):
             yield chunk
     finally:
         raw.release_conn()
-
-
-class SSEParser:
-    """Split a byte stream into server-sent events; keeps what a record needs."""
-
-    def __init__(self):
-        self._buffer = b""
-        self.events = []  # the ``data`` payload of each event, as text
-        self.done = False
-
-    def feed(self, chunk):
-        self._buffer += chunk
-        if b"\r" in self._buffer:
-            self._buffer = self._buffer.replace(b"\r\n", b"\n")
-        while True:
-            end = self._buffer.find(b"\n\n")
-            if end < 0:
-                return
-            block, self._buffer = self._buffer[:end], self._buffer[end + 2:]
-            data = [
-                line[5:].lstrip(b" ") if line.startswith(b"data:") else None
-                for line in block.split(b"\n")
-            ]
-            data = [d for d in data if d is not None]
-            if not data:
-                continue
-            payload = b"\n".join(data).decode("utf-8", "replace")
-            if payload.strip() == "[DONE]":
-                self.done = True
-            else:
-                self.events.append(payload)
-
-    @property
-    def leftover(self):
-        return self._buffer

@@ -1,4 +1,5 @@
-"""The gateway's URLs: every path of the spec under ``v1/``, built from the registry.
+"""The gateway's URLs: every path of both specs under ``v1/``, built from the registry, and
+any other path under ``v1/`` to the passthrough view.
 
 Include them with ``path("", include("openai_django.urls"))`` (or under a prefix of the site's
 choosing: clients then use ``https://site/<prefix>/v1`` as their base URL).
@@ -33,6 +34,7 @@ def _operation_patterns():
 
 urlpatterns = [
     path("v1/openapi.yaml", _view(views.SpecView), name="spec"),
+    path("v1/openapi-2.3.0.yaml", _view(views.SpecView, version="2.3.0"), name="spec-2.3.0"),
     path("v1/calls", _view(views.CallListView), name="call-list"),
     path("v1/calls/<str:call_id>", _view(views.CallDetailView), name="call-detail"),
     path("v1/calls/<str:call_id>/response", _view(views.CallResponseView),
@@ -41,5 +43,5 @@ urlpatterns = [
     path("v1/calls/<str:call_id>/artifacts/<str:artifact_id>", _view(views.ArtifactContentView),
          name="call-artifact"),
     *_operation_patterns(),
-    re_path(r"^v1/", _view(views.UnknownPathView), name="unknown"),
+    re_path(r"^v1/", _view(views.PassthroughView), name="passthrough"),
 ]

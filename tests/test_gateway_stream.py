@@ -178,7 +178,7 @@ def test_a_stream_read_whole_is_recorded_as_a_stream(upstream, user, media_root)
         operation=get_registry()["createChatCompletion"], body=body,
         raw_body=orjson.dumps(body), user=user, mode=Call.Mode.ASYNC)
     call = recorder.start(invocation, status=Call.Status.QUEUED, keep_payload=True)
-    result = gateway.run(invocation, call=call)
+    result = gateway.perform(invocation, call)
     assert result.stream is None
     call.refresh_from_db()
     assert call.stream and call.status == Call.Status.SUCCEEDED

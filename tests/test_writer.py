@@ -63,7 +63,7 @@ def test_row_is_committed_before_the_upstream_is_asked(http, upstream, with_writ
 def test_a_failing_insert_fails_only_its_caller(with_writer, user):
     call = Call(operation="createChatCompletion", method="POST", path="/chat/completions",
                 user=user, idempotency_key="same", request_hash="h")
-    recorder._save_new(call)
+    Call.objects.record_new(call)
     duplicate = Call(operation="createChatCompletion", method="POST", path="/chat/completions",
                      user=user, idempotency_key="same", request_hash="h")
     others = [Call(operation="createChatCompletion", method="POST", path="/chat/completions",
@@ -72,7 +72,7 @@ def test_a_failing_insert_fails_only_its_caller(with_writer, user):
 
     def save(c):
         try:
-            recorder._save_new(c)
+            Call.objects.record_new(c)
         except IntegrityError as exc:
             errors.append((c, exc))
 

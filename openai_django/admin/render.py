@@ -13,15 +13,8 @@ import sys
 from datetime import datetime
 from datetime import timezone as dt_timezone
 
+from openai_django import kinds
 from openai_django.models import Artifact
-
-CHAT = {"createChatCompletion"}
-COMPLETION = {"createCompletion"}
-EDIT = {"createEdit"}
-IMAGE = {"createImage", "createImageEdit", "createImageVariation"}
-AUDIO = {"createTranscription", "createTranslation"}
-EMBEDDING = {"createEmbedding"}
-MODERATION = {"createModeration"}
 
 # Shown inline as <img>/<audio>; anything else is only ever downloaded as an attachment
 # (an SVG or HTML artifact opened inline could run script in the admin's origin).
@@ -35,14 +28,8 @@ LONG_STRING = 2_000
 
 
 def kind_of(call):
-    """Which reading of the call the page shows."""
-    op = call.operation
-    for name, ops in (("chat", CHAT), ("completion", COMPLETION), ("edit", EDIT),
-                      ("image", IMAGE), ("audio", AUDIO), ("embedding", EMBEDDING),
-                      ("moderation", MODERATION)):
-        if op in ops:
-            return name
-    return "objects"
+    """Which reading of the call the page shows (its kind's ``display``)."""
+    return kinds.of_call(call).display
 
 
 # -- JSON for display ---------------------------------------------------------------------------
@@ -300,9 +287,7 @@ def text_choices(call):
         return [{"index": 0, "text": call.output_text, "finish_reason": ""}]
     events = events_of(call)
     if events:
-        from openai_django.recorder import assemble_stream
-
-        text, _usage = assemble_stream(events)
+        text = kinds.of_call(call).assemble(events).text
         return [{"index": 0, "text": text, "finish_reason": ""}]
     return []
 
@@ -522,12 +507,10 @@ def comparable_text(call):
     events = events_of(call)
     if events:
         replies = assemble_chat_stream(events)
-        if call.operation in CHAT and replies:
+        if kind_of(call) == "chat" and replies:
             return "".join(p.get("text", "") for p in replies[0]["parts"]) + "".join(
                 f"\n{t['name']}({t['arguments']})" for t in replies[0]["tool_calls"])
-        from openai_django.recorder import assemble_stream
-
-        return assemble_stream(events)[0]
+        return kinds.of_call(call).assemble(events).text
     if call.response_text:
         return call.response_text
     if call.response_body is not None:

@@ -33,9 +33,6 @@ from openai_django.models import Artifact, Call
 
 logger = logging.getLogger("openai_django.admin")
 
-# Operations whose replay changes something upstream (not only asks a question): the
-# confirmation page says so.
-SIDE_EFFECTS = {"createFile", "deleteFile", "createFineTune", "cancelFineTune", "deleteModel"}
 BULK_REPLAY_MAX = 1000
 # What the pair-by-pair comparison reads of each call (not the request, headers or attempts).
 COMPARED_FIELDS = ("id", "created", "operation", "model", "status", "total_tokens",
@@ -47,6 +44,16 @@ def similar(a, b):
     """How alike the answers of two calls are, in percent, as text for a table."""
     ratio = render.similarity(render.comparable_text(a), render.comparable_text(b))
     return f"{ratio * 100:.0f}"
+
+
+def has_side_effects(operation_id):
+    """Whether replaying a call of ``operation_id`` changes something upstream (not only asks
+    a question): the confirmation page says so. The operation's kind knows."""
+    from openai_django import kinds
+    from openai_django.spec import get_registry
+
+    operation = get_registry().operations.get(operation_id)
+    return operation is not None and kinds.of(operation).side_effects(operation)
 
 
 class ReplayError(Exception):
@@ -69,20 +76,20 @@ def replay_problem(call):
 
 def build_replay(original, *, user, overrides=None, body=None, files=None):
     """The invocation of a replay of ``original`` (not yet submitted)."""
-    from openai_django.gateway import UploadedInput, invocation_from_call
+    from openai_django.invocation import UploadedInput, from_call
 
     problem = replay_problem(original)
     if problem:
         raise ReplayError(problem)
     try:
-        invocation = invocation_from_call(
+        invocation = from_call(
             original, overrides=overrides, mode=Call.Mode.ASYNC, source=Call.Source.REPLAY,
             replay_of=original, user=user,
         )
     except ValueError as exc:
         raise ReplayError(str(exc)) from None
     # Like tasks.replay(): the replay is the admin's (no client key), keeps the object the
-    # original was attached to, and sends no callback (invocation_from_call sees to both).
+    # original was attached to, and sends no callback (from_call sees to both).
     if body is not None:
         invocation.body = body
         invocation.raw_body = None
@@ -234,7 +241,7 @@ class ReplayMixin:
                 return HttpResponseRedirect(self.call_url(replay))
         return self.render_page(request, "replay_confirm.html", self.page_context(
             request, call, title=_("Replay this call?"), form=form, problem=problem,
-            side_effects=call.operation in SIDE_EFFECTS, takes_model=takes_model(call),
+            side_effects=has_side_effects(call.operation), takes_model=takes_model(call),
             known_models=self.known_models(),
         ))
 
@@ -263,7 +270,7 @@ class ReplayMixin:
             role__in=Artifact.INPUT_ROLES)]
         return self.render_page(request, "replay_edit.html", self.page_context(
             request, call, title=_("Edit and replay"), form=form, problem=problem,
-            input_artifacts=inputs, side_effects=call.operation in SIDE_EFFECTS,
+            input_artifacts=inputs, side_effects=has_side_effects(call.operation),
             known_models=self.known_models(),
         ))
 
@@ -308,7 +315,8 @@ class ReplayMixin:
             request, None, title=_("Replay %(n)d calls?") % {"n": len(ids)},
             count=len(ids), breakdown=breakdown, form=form,
             not_replayable=not_replayable.count(),
-            side_effects=calls.filter(operation__in=SIDE_EFFECTS).exists(),
+            side_effects=any(map(has_side_effects, calls.order_by().values_list(
+                "operation", flat=True).distinct())),
             selected=ids[:1] if select_across else ids, select_across=select_across,
             action_checkbox_name=helpers.ACTION_CHECKBOX_NAME,
             known_models=self.known_models(),
