@@ -97,8 +97,18 @@ def open_artifact(artifact):
     return artifact.file.open("rb")
 
 
+DOWNLOAD_CSP = "default-src 'none'; sandbox"
+
+
 def artifact_response(artifact, *, as_attachment=True):
-    """The response that delivers an artifact (after the caller checked the permission)."""
+    """The response that delivers an artifact (after the caller checked the permission).
+
+    Its content type is whatever the uploader or the upstream claimed, so only raster images
+    and audio are ever served inline, and every download carries ``nosniff`` and a CSP that
+    forbids running anything (an HTML or SVG "image" opened from here runs no script)."""
+    from openai_django.artifacts import is_inline_safe
+
+    as_attachment = as_attachment or not is_inline_safe(artifact.content_type)
     if app_settings.ARTIFACT_URLS == "signed":
         url = signed_url(artifact, as_attachment=as_attachment)
         if url:
@@ -115,4 +125,6 @@ def artifact_response(artifact, *, as_attachment=True):
         response["Content-Length"] = str(artifact.bytes)
     # Artifacts are private: no shared cache may keep them.
     response["Cache-Control"] = "private, no-store"
+    response["X-Content-Type-Options"] = "nosniff"
+    response["Content-Security-Policy"] = DOWNLOAD_CSP
     return response

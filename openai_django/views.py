@@ -35,11 +35,9 @@ from openai_django.errors import (
 from openai_django.models import Call
 from openai_django.serializers import call_to_dict
 from openai_django.spec import get_registry, spec_bytes
+from openai_django.storage import DOWNLOAD_CSP
 
 logger = logging.getLogger("openai_django.views")
-
-# Downloads of what clients uploaded or the upstream made are never run as a page.
-DOWNLOAD_CSP = "default-src 'none'; sandbox"
 
 
 def json_response(data, status=200, headers=None):
@@ -219,6 +217,7 @@ class CallResponseView(GatewayAPIView):
                            code="call_not_finished", call=call)
         response = recorded_response(call)
         response["Content-Security-Policy"] = DOWNLOAD_CSP
+        response["X-Content-Type-Options"] = "nosniff"
         return response
 
 
@@ -249,8 +248,6 @@ class ArtifactContentView(GatewayAPIView):
 
         response = artifact_response(artifact)
         response["X-Call-Id"] = str(call.pk)
-        response["Content-Security-Policy"] = DOWNLOAD_CSP
-        response["X-Content-Type-Options"] = "nosniff"
         return response
 
 
