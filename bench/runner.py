@@ -22,9 +22,9 @@ from bench.harness import ROOT, Harness, raise_fd_limit
 
 log = logging.getLogger("bench")
 
-ALL = ["latency", "throughput", "streaming", "slow_streams", "large_bodies", "databases",
-       "celery", "admin", "serving"]
-QUICK = ["latency", "throughput", "streaming", "slow_streams", "large_bodies"]
+ALL = ["latency", "responses", "throughput", "streaming", "slow_streams", "large_bodies",
+       "databases", "celery", "admin", "serving"]
+QUICK = ["latency", "responses", "throughput", "streaming", "slow_streams", "large_bodies"]
 
 # (scenario, figure key path, comparison, target, label). Lower-is-better unless ">=".
 TARGETS = [
@@ -123,6 +123,12 @@ def table(results):
         row("1 latency c=1", "p50 (ms)", x["gateway_p50_ms"], x["direct_p50_ms"],
             x["added_p50_ms"])
         row("1 latency c=1", "p99 (ms)", x["gateway_p99_ms"], x["direct_p99_ms"],
+            x["added_p99_ms"])
+    if "responses" in s:
+        x = s["responses"]
+        row("1b createResponse c=1", "p50 (ms)", x["gateway_p50_ms"], x["direct_p50_ms"],
+            x["added_p50_ms"])
+        row("1b createResponse c=1", "p99 (ms)", x["gateway_p99_ms"], x["direct_p99_ms"],
             x["added_p99_ms"])
     if "throughput" in s:
         x = s["throughput"]
@@ -271,6 +277,8 @@ def main(argv=None):
                 done[name]["scenario_seconds"] = round(time.perf_counter() - t0, 1)
 
         run("latency", lambda: scenarios.latency(ctx))
+        run("responses", lambda: scenarios.latency(ctx, name="responses", path="/responses",
+                                                   body=scenarios.RESPONSE))
 
         def tput():
             off = harness.start_gateway(sqlite, server=args.server, workers=args.workers,

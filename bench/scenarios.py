@@ -30,6 +30,9 @@ from bench.loadgen import SSEConnection, WrkScript, one_stream, run_wrk
 log = logging.getLogger("bench.scenarios")
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Say hello"}]}
+# Today's API: a recorded createResponse (the Responses kind: input items, output items, usage
+# with cached and reasoning tokens).
+RESPONSE = {"model": "gpt-4o-mini", "input": "Say hello"}
 
 
 @dataclass
@@ -124,12 +127,14 @@ def check_contract(ctx, gateway=None):
 # -- 1. added latency at c=1 ---------------------------------------------------------------
 
 
-def latency(ctx, gateway=None, name="chat"):
+def latency(ctx, gateway=None, name="chat", path="/chat/completions", body=None):
+    """Added latency at c=1 of one operation (chat by default), gateway and direct
+    interleaved round by round."""
     p = ctx.params
     gateway = gateway or ctx.gateway
-    gw_script, direct_script = _scripts(ctx, name, json.dumps(CHAT).encode())
-    gw_url = gateway.url + "/v1/chat/completions"
-    direct_url = ctx.upstream.url + "/chat/completions"
+    gw_script, direct_script = _scripts(ctx, name, json.dumps(body or CHAT).encode())
+    gw_url = gateway.url + "/v1" + path
+    direct_url = ctx.upstream.url + path
     run_wrk(gw_url, gw_script, seconds=p.warmup_seconds)
     run_wrk(direct_url, direct_script, seconds=p.warmup_seconds)
     rounds = []

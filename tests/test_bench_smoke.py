@@ -20,7 +20,7 @@ def test_quick_bench_runs_and_writes_its_table(tmp_path):
     out = tmp_path / "latest.json"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "DATABASE_"))}
     result = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--only", "latency,streaming",
+        [sys.executable, "-m", "bench", "--quick", "--only", "latency,responses,streaming",
          "--json", str(out)],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
     )
@@ -30,6 +30,10 @@ def test_quick_bench_runs_and_writes_its_table(tmp_path):
     # Both sides were measured and every request was answered.
     assert latency["errors"] == 0 and latency["requests"] > 0
     assert latency["gateway_p50_ms"] > 0 and latency["direct_p50_ms"] > 0
+    # Today's API: a recorded createResponse, measured the same way.
+    responses = data["scenarios"]["responses"]
+    assert responses["errors"] == 0 and responses["requests"] > 0
+    assert responses["gateway_p50_ms"] > 0
     streaming = data["scenarios"]["streaming"]
     assert streaming["errors"] == 0 and streaming["gaps_measured"] > 0
     assert streaming["ttfe_gateway_p50_ms"] > 0
