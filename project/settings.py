@@ -186,6 +186,15 @@ REST_FRAMEWORK = {
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL") or "filesystem://"
 if CELERY_BROKER_URL == "filesystem://":
     _broker_dir = VAR_DIR / "broker"
+    # kombu's filesystem transport lists these folders and fails (FileNotFoundError) when one
+    # is missing: a worker on a fresh checkout crashed, and "Prefer: respond-async" answered
+    # 503, until scripts/demo had made them. Made here, idempotently (three mkdir calls).
+    # A folder that cannot be made (read-only checkout) is left for kombu to report.
+    for _folder in ("out", "processed", "control"):
+        try:
+            (_broker_dir / _folder).mkdir(parents=True, exist_ok=True)
+        except OSError:
+            pass
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(_broker_dir / "out"),
         "data_folder_out": str(_broker_dir / "out"),
