@@ -84,8 +84,9 @@ def answer(op: SpecOperation, req: Request, **params: str) -> Response:
         for key in ("created_at", "created"):
             if isinstance(obj.get(key), int):
                 obj[key] = now
+        # ``GET /things/{thing_id}`` (and update, delete): the answer is that thing.
         last = op.path_params[-1] if op.path_params else None
-        if last is not None and op.path.endswith("{" + last + "}") and "id" in obj \
-                and not op.example_params:
-            obj["id"] = params.get(last, obj["id"])
+        if last is not None and last.endswith("_id") and op.path.endswith("{" + last + "}") \
+                and "id" in obj and last in params:
+            obj["id"] = params[last]
     return Response(op.status, dumps(obj), "application/json")

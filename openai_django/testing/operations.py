@@ -20,7 +20,17 @@ from urllib.parse import parse_qsl
 from . import fakes
 from .http11 import Response, dumps, loads
 from .multipart import MultipartError, UploadedFile, parse_multipart
-from .state import MAX_EPOCHS, clamp_int, event, new_id, new_request_id
+from .state import (
+    MAX_CHOICES,
+    MAX_EMBEDDING_DIMENSIONS,
+    MAX_EMBEDDING_INPUTS,
+    MAX_EMBEDDING_VALUES,
+    MAX_EPOCHS,
+    clamp_int,
+    event,
+    new_id,
+    new_request_id,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from .app import StandinApp
@@ -74,7 +84,7 @@ class EventSequence:
         self.events: list[tuple[bytes, bytes]] = []
         self.numbered = numbered  # the Responses API numbers its events; audio/images do not
 
-    def add(self, name: str, **fields: Any) -> None:
+    def add(self, name: str, /, **fields: Any) -> None:
         payload: dict[str, Any] = {"type": name}
         if self.numbered:
             payload["sequence_number"] = len(self.events)
@@ -259,6 +269,9 @@ class Operations:
         prompt = body.get("prompt", "<|endoftext|>")
         prompts = self._prompts(prompt)
         n = _int(body.get("n"), 1, "n")
+        if len(prompts) * n > MAX_CHOICES:
+            raise ApiError(400, f"Too many choices: {len(prompts)} prompts x n={n} is more than "
+                                f"{MAX_CHOICES}.", param="n")
         max_tokens = body.get("max_tokens")
         echo = _truthy(body.get("echo"))
         logprobs = body.get("logprobs")
@@ -616,9 +629,15 @@ class Operations:
             items = raw
         else:
             raise ApiError(400, "'input' must be a string or an array.", param="input")
+        if len(items) > MAX_EMBEDDING_INPUTS:
+            raise ApiError(400, f"'input' may hold at most {MAX_EMBEDDING_INPUTS} items.",
+                           param="input")
         dims = body.get("dimensions")
         dims = (self.app.config.embedding_dimensions if dims is None
-                else _int(dims, 0, "dimensions", 1, 65536))
+                else _int(dims, 0, "dimensions", 1, MAX_EMBEDDING_DIMENSIONS))
+        if len(items) * dims > MAX_EMBEDDING_VALUES:
+            raise ApiError(400, f"{len(items)} inputs x {dims} dimensions is more than the "
+                                f"stand-in's {MAX_EMBEDDING_VALUES} values.", param="dimensions")
         b64 = body.get("encoding_format") == "base64"
         data = []
         tokens = 0
@@ -643,6 +662,9 @@ class Operations:
         if raw is None:
             raise ApiError(400, "'input' is a required property.", param="input")
         items = raw if isinstance(raw, list) else [raw]
+        if len(items) > MAX_EMBEDDING_INPUTS:
+            raise ApiError(400, f"'input' may hold at most {MAX_EMBEDDING_INPUTS} items.",
+                           param="input")
         results = [fakes.moderation_result(content_text([i]) if isinstance(i, dict) else str(i))
                    for i in items]
         return json_reply({"id": new_id("modr-"), "model": model, "results": results}, model)

@@ -1,24 +1,23 @@
 """The operations of both bundled OpenAPI documents, as the stand-in's route table needs them.
 
 The stand-in routes every (method, path) of ``openai_django/spec/openapi.yaml`` (v1.2.0) and
-``openapi-2.3.0.yaml`` from this table, not from a hand-written copy.  For each operation it
-keeps what a generic answer needs: the ``x-oaiMeta`` example response (parsed), a minimal body
-built from the 200 response schema, the response content types and the example's path
-parameter values (so an answer can echo the caller's ids where the example had its own).
+``openapi-2.3.0.yaml`` (newest last, as :mod:`openai_django.spec` orders them) from this
+table, not from a hand-written copy.  For each operation it keeps what a generic answer needs:
+the ``x-oaiMeta`` example response (parsed), a minimal body built from the 200 response
+schema, the response content types and the example's path parameter values (so an answer can
+echo the caller's ids where the example had its own).
 
-Reading the 3 MB 2.3.0 document takes most of a second, which would multiply the stand-in's
-start-up time (tests start dozens of servers), so the derived table is cached as JSON under
-the user's cache directory, keyed by the SHA-256 of both documents and of this module.
-
-:func:`spec_operations` is the one place that reads the documents; it does not import Django
-(the stand-in never does) and can later be switched to ``openai_django.spec.get_registry()``.
+Deriving the table from the documents takes a second or so, which would multiply the
+stand-in's start-up time (tests start dozens of servers), so the derived table is cached as
+JSON in the spec cache directory (``$OPENAI_DJANGO_SPEC_CACHE``, else
+``~/.cache/openai_django``), keyed by the SHA-256 of both documents, of
+``openai_django/spec.py`` and of this module (a few milliseconds to load).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import re
 import tempfile
@@ -26,12 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-log = logging.getLogger("openai_django.testing.specs")
-
-SPEC_DIR = Path(__file__).resolve().parents[1] / "spec"
-#: (version, file name), oldest first: where both describe a (method, path), the newer wins.
-SPEC_FILES: tuple[tuple[str, str], ...] = (("1.2.0", "openapi.yaml"),
-                                           ("2.3.0", "openapi-2.3.0.yaml"))
 METHODS = ("get", "post", "delete", "put", "patch")
 #: Response content types answered with bytes rather than JSON.
 BINARY_TYPES = ("video/mp4", "image/webp", "application/zip", "application/octet-stream",
@@ -76,23 +69,17 @@ class SpecOperation:
 # -- reading the documents -----------------------------------------------------------------------
 
 
-def _load(path: Path) -> dict:
-    import yaml
-
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    with open(path, "rb") as fh:
-        return yaml.load(fh, Loader=loader)
-
-
 def spec_operations() -> list[SpecOperation]:
-    """Every operation of both specs, oldest spec first (read from the YAML documents)."""
+    """Every operation of both specs, oldest spec first.
+
+    The documents come from :func:`openai_django.spec.load_documents` (the project's one YAML
+    reader, with its parse cache; it imports no Django); the registry's ``Operation`` does not
+    keep the response schemas a minimal body is built from, so the operations are read here.
+    """
+    from openai_django.spec import load_documents
+
     out: list[SpecOperation] = []
-    for version, name in SPEC_FILES:
-        path = SPEC_DIR / name
-        if not path.exists():
-            log.warning("spec %s not found: its operations are not routed", path)
-            continue
-        document = _load(path)
+    for version, document in load_documents().items():
         components = document.get("components") or {}
         for raw_path, item in (document.get("paths") or {}).items():
             for method, op in item.items():
@@ -114,7 +101,7 @@ def _operation(version: str, raw_path: str, method: str, op: dict,
             minimal = None
     return SpecOperation(
         id=str(op.get("operationId") or f"{method}{path}"), method=method.upper(), path=path,
-        spec=version, admin=path.startswith(("/organization", "/projects")),
+        spec=version, admin=any("AdminApiKeyAuth" in s for s in op.get("security") or ()),
         response_types=types, example=example, minimal=minimal,
         example_params=_example_params(path, request), query_match=query_match or None,
         status=status)
@@ -268,18 +255,19 @@ def _plausible_string(name: str, schema: dict) -> str:
 
 
 def _cache_dir() -> Path:
-    explicit = os.environ.get("OPENAI_DJANGO_STANDIN_CACHE")
-    if explicit:
-        return Path(explicit)
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "openai-django"
+    """The project's spec cache directory (:func:`openai_django.spec.cache_dir`)."""
+    from openai_django.spec import cache_dir
+
+    return Path(cache_dir())
 
 
 def _fingerprint() -> str:
+    from openai_django import spec
+
     h = hashlib.sha256(Path(__file__).read_bytes())
-    for _, name in SPEC_FILES:
-        path = SPEC_DIR / name
-        h.update(path.read_bytes() if path.exists() else b"-")
+    h.update(Path(spec.__file__).read_bytes())
+    for version in spec.SPEC_VERSIONS:
+        h.update(spec.SPEC_FILES[version].read_bytes())
     return h.hexdigest()[:24]
 
 

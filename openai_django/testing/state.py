@@ -52,8 +52,10 @@ MAX_BATCH_LINES = 50_000
 MAX_PARTIAL_IMAGES = 3
 #: Choices per completion (prompts x ``n``).
 MAX_CHOICES = 1024
-#: Inputs per embeddings request (the real API's limit).
+#: Inputs per embeddings request (the real API's limit) and per moderations request.
 MAX_EMBEDDING_INPUTS = 2048
+#: Floats per embeddings answer (inputs x dimensions), about 80 MB of JSON at most.
+MAX_EMBEDDING_VALUES = 1 << 22
 #: Reasoning tokens reported for one response.
 MAX_REASONING_TOKENS = 4096
 #: Objects kept per store (the oldest are dropped first), so a long run stays bounded.
