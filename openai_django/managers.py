@@ -11,12 +11,31 @@ from django.db import DatabaseError, connections, models, router
 from django.db.models import signals as model_signals
 
 from openai_django import writer
+from openai_django.conf import app_settings
 
 # Fields whose database value is the Python value itself when the recorder set it (a str, an
 # int, a float, a bool or None): binding them skips the ORM's per-field prep (a third of the
 # cost of a save on the hot path).
 _PLAIN_FIELDS = (models.CharField, models.TextField, models.IntegerField, models.FloatField,
                  models.BooleanField)
+
+
+def _converter(conn, field):
+    """A function from a field's Python value to its database value, as the ORM's save would
+    bind it; plain values of plain fields pass as they are."""
+    plain = isinstance(field, _PLAIN_FIELDS)
+    if field.is_relation:
+        plain = isinstance(field.target_field, (models.AutoField, models.BigAutoField,
+                                                models.IntegerField))
+    if plain:
+        def convert(value, field=field):
+            if value is None or type(value) in (str, int, float, bool):
+                return value
+            return field.get_db_prep_save(value, connection=conn)
+    else:
+        def convert(value, field=field, conn=conn):
+            return field.get_db_prep_save(value, connection=conn)
+    return convert
 
 
 class CallQuerySet(models.QuerySet):
@@ -46,56 +65,37 @@ class CallManager(models.Manager.from_queryset(CallQuerySet)):
 
     def __init__(self):
         super().__init__()
-        self._statements = {}  # (vendor, kind, fields) -> SQL
-        self._converters = {}  # (vendor, field name) -> callable(value) -> database value
+        self._plans = {}  # (vendor, kind, field names) -> (SQL, ((field, converter), ...))
 
     def _orm_only(self):
         # A site listening to the model's signals gets them: the ORM's save sends them.
         return (model_signals.pre_save.has_listeners(self.model)
                 or model_signals.post_save.has_listeners(self.model))
 
-    def _statement(self, conn, kind, names):
+    def _plan(self, conn, kind, names):
+        """The SQL of an INSERT (``names=None``: every concrete field) or an UPDATE of
+        ``names``, and each field with the function that turns its value into the database's,
+        built once per statement: a save then costs one list comprehension."""
         key = (conn.vendor, kind, names)
-        sql = self._statements.get(key)
-        if sql is None:
+        plan = self._plans.get(key)
+        if plan is None:
             meta = self.model._meta
+            fields = meta.local_concrete_fields if names is None else [
+                meta.get_field(name) for name in names]
             quote = conn.ops.quote_name
-            columns = [meta.get_field(name).column for name in names]
+            columns = [quote(field.column) for field in fields]
             if kind == "insert":
-                sql = (f"INSERT INTO {quote(meta.db_table)} ({', '.join(map(quote, columns))}) "
+                sql = (f"INSERT INTO {quote(meta.db_table)} ({', '.join(columns)}) "
                        f"VALUES ({', '.join(['%s'] * len(columns))})")
             else:
                 sql = (f"UPDATE {quote(meta.db_table)} SET "
-                       f"{', '.join(quote(c) + ' = %s' for c in columns)} "
+                       f"{', '.join(c + ' = %s' for c in columns)} "
                        f"WHERE {quote(meta.pk.column)} = %s")
-            self._statements[key] = sql
-        return sql
-
-    def _converter(self, conn, field):
-        key = (conn.vendor, field.name)
-        convert = self._converters.get(key)
-        if convert is None:
-            plain = isinstance(field, _PLAIN_FIELDS)
-            if field.is_relation:
-                plain = isinstance(field.target_field, (models.AutoField, models.BigAutoField,
-                                                        models.IntegerField))
-            if plain:
-                def convert(value, field=field):
-                    if value is None or type(value) in (str, int, float, bool):
-                        return value
-                    return field.get_db_prep_save(value, connection=conn)
-            else:
-                def convert(value, field=field, conn=conn):
-                    return field.get_db_prep_save(value, connection=conn)
-            self._converters[key] = convert
-        return convert
-
-    def _bind(self, conn, fields, call, add):
-        """The database values of ``fields`` of ``call``, as the ORM's save would bind them."""
-        return [self._converter(conn, field)(field.pre_save(call, add)) for field in fields]
+            plan = self._plans[key] = (sql, tuple((f, _converter(conn, f)) for f in fields))
+        return plan
 
     def _execute(self, alias, sql, params, kind):
-        if writer.enabled() and writer.usable(alias):
+        if app_settings.WRITER and writer.usable(alias):
             writer.get_writer(alias).submit(sql, params, kind=kind)
             return None
         with connections[alias].cursor() as cursor:
@@ -105,7 +105,7 @@ class CallManager(models.Manager.from_queryset(CallQuerySet)):
     def record_new(self, call):
         """``call.save(force_insert=True)`` as one prepared statement.
 
-        The ORM's save rebuilds the same 45-column INSERT through its compiler on every call
+        The ORM's save rebuilds the same 49-column INSERT through its compiler on every call
         (about 0.4 ms on the hot path); this binds the values with each field's own
         ``get_db_prep_save`` (so JSON, UUID and datetime columns are stored exactly as the
         ORM stores them) into SQL built once.
@@ -114,27 +114,25 @@ class CallManager(models.Manager.from_queryset(CallQuerySet)):
             call.save(force_insert=True)
             return call
         alias = router.db_for_write(self.model, instance=call)
-        conn = connections[alias]
-        fields = self.model._meta.local_concrete_fields
-        sql = self._statement(conn, "insert", tuple(f.name for f in fields))
-        self._execute(alias, sql, self._bind(conn, fields, call, True), "insert")
+        sql, plan = self._plan(connections[alias], "insert", None)
+        self._execute(alias, sql, [convert(f.pre_save(call, True)) for f, convert in plan],
+                      "insert")
         call._state.adding = False
         call._state.db = alias
         return call
 
     def save_fields(self, call, names):
-        """``call.save(update_fields=names)`` as one prepared statement."""
-        names = tuple(names)
+        """``call.save(update_fields=names)`` as one prepared statement (``names``: a
+        tuple)."""
         if self._orm_only():
             call.save(update_fields=names)
             return
         alias = call._state.db or router.db_for_write(self.model, instance=call)
         conn = connections[alias]
-        get = self.model._meta.get_field
-        params = self._bind(conn, [get(name) for name in names], call, False)
+        sql, plan = self._plan(conn, "update", names)
+        params = [convert(f.pre_save(call, False)) for f, convert in plan]
         params.append(self.model._meta.pk.get_db_prep_value(call.pk, conn))
-        rows = self._execute(alias, self._statement(conn, "update", names), params, "update")
-        if rows == 0:
+        if self._execute(alias, sql, params, "update") == 0:
             raise DatabaseError("Save with update_fields did not affect any rows.")
 
     def transition(self, call, expected, **changes):

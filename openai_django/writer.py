@@ -141,9 +141,3 @@ def usable(alias):
     """Whether the caller's writes may go through the writer (not inside a transaction)."""
     return not connections[alias].in_atomic_block
 
-
-def enabled():
-    """Whether group commit is on (``OPENAI_DJANGO["WRITER"]``)."""
-    from openai_django.conf import app_settings
-
-    return app_settings.WRITER
