@@ -37,6 +37,7 @@ from openai_django.admin.filters import (
     operation_label,
     parse_uuid,
 )
+from openai_django.admin.formatting import choice_label, format_cost, format_ms, user_label
 from openai_django.admin.pagination import LookaheadPaginator
 from openai_django.admin.replay import ReplayMixin
 from openai_django.admin.usage import UsageMixin
@@ -76,40 +77,6 @@ class CallChangeList(ChangeList):
         if complete is not None and not self.multi_page:
             # Django would run the query again for a list that fits on one page.
             self.result_list = complete
-
-
-def choice_label(choices, value):
-    try:
-        return str(choices(value).label)
-    except ValueError:
-        return value or ""
-
-
-def format_ms(value):
-    if value is None:
-        return "—"
-    if value >= 10_000:
-        return f"{value / 1000:.1f} s"
-    if value >= 100:
-        return f"{value:.0f} ms"
-    return f"{value:.1f} ms"
-
-
-def format_cost(value):
-    if value is None:
-        return "—"
-    if value >= 1:
-        return f"${value:,.2f}"
-    if value == 0:
-        return "$0"
-    return f"${value:.6f}".rstrip("0")
-
-
-def user_label(user):
-    if user is None:
-        return ""
-    getter = getattr(user, "get_username", None)
-    return str(getter() if getter else user)
 
 
 class CallAdmin(ReplayMixin, UsageMixin, ExportMixin, admin.ModelAdmin):

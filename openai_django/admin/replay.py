@@ -14,8 +14,6 @@ experiments on real traffic, not the client's own calls.
 import json
 import logging
 
-import orjson
-from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.core.exceptions import PermissionDenied
@@ -28,7 +26,10 @@ from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
 from openai_django.admin import render
-from openai_django.admin.filters import parse_uuid
+from openai_django.admin.filters import known_models, parse_uuid
+from openai_django.admin.formatting import format_cost, format_ms, format_tokens
+from openai_django.admin.forms import ReplayEditForm, ReplayForm
+from openai_django.admin.pagination import LookaheadPaginator
 from openai_django.models import Artifact, Call
 
 logger = logging.getLogger("openai_django.admin")
@@ -36,8 +37,9 @@ logger = logging.getLogger("openai_django.admin")
 BULK_REPLAY_MAX = 1000
 # What the pair-by-pair comparison reads of each call (not the request, headers or attempts).
 COMPARED_FIELDS = ("id", "created", "operation", "model", "status", "total_tokens",
-                   "latency_ms", "cost_usd", "output_text", "response_text",
-                   "response_content_type", "response_body", "stream_events", "error")
+                   "cached_tokens", "reasoning_tokens", "latency_ms", "cost_usd", "output_text",
+                   "response_text", "response_content_type", "response_body", "stream_events",
+                   "error")
 
 
 def similar(a, b):
@@ -113,76 +115,6 @@ def takes_model(call):
     op = call.operation_spec
     return op is not None and (op.is_json or op.is_multipart) and \
         isinstance(call.request_body, dict)
-
-
-class ReplayForm(forms.Form):
-    model = forms.CharField(
-        label=_("Run against model"), required=False, max_length=200,
-        help_text=_("Leave empty to send the request as it was."),
-        widget=forms.TextInput(attrs={"list": "od-known-models", "autocomplete": "off"}),
-    )
-
-
-class ReplayEditForm(forms.Form):
-    """The original request, editable, with the original files re-attached unless replaced."""
-
-    model = forms.CharField(label=_("Model"), required=False, max_length=200,
-                            widget=forms.TextInput(attrs={"list": "od-known-models",
-                                                          "autocomplete": "off"}))
-    body = forms.CharField(
-        label=_("Request body (JSON)"),
-        widget=forms.Textarea(attrs={"rows": 24, "class": "od-json", "spellcheck": "false"}),
-    )
-
-    def __init__(self, *args, call, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.call = call
-        self.operation = call.operation_spec
-        self.file_fields = list(self.operation.file_fields) if self.operation else []
-        for field in self.file_fields:
-            self.fields[f"file_{field}"] = forms.FileField(
-                label=_("Replace %s") % field, required=False,
-                help_text=_("Leave empty to send the original file again."))
-
-    def clean_body(self):
-        try:
-            body = orjson.loads(self.cleaned_data["body"])
-        except orjson.JSONDecodeError as exc:
-            raise forms.ValidationError(_("This is not valid JSON: %s") % exc) from None
-        if not isinstance(body, dict):
-            raise forms.ValidationError(_("The request body must be a JSON object."))
-        return body
-
-    def clean(self):
-        from openai_django.errors import InvalidRequest
-        from openai_django.validation import validate_form, validate_json
-
-        cleaned = super().clean()
-        body = cleaned.get("body")
-        if body is None:
-            return cleaned
-        model = (cleaned.get("model") or "").strip()
-        if model:
-            body["model"] = model
-        files = {name: upload for name in self.file_fields
-                 if (upload := cleaned.get(f"file_{name}"))}
-        cleaned["files"] = files
-        op = self.operation
-        try:
-            if op.is_multipart:
-                body = {k: v if isinstance(v, (str, list)) else render.pretty_scalar(v)
-                        for k, v in body.items()}
-                cleaned["body"] = body
-                present = {a.field: a for a in self.call.artifacts.filter(
-                    role__in=Artifact.INPUT_ROLES, purged_at__isnull=True).exclude(file="")}
-                present.update(files)
-                validate_form(op, body, present)
-            else:
-                validate_json(op, body)
-        except InvalidRequest as exc:
-            where = f" ({exc.param})" if exc.param else ""
-            raise forms.ValidationError(f"{exc.message}{where}") from None
-        return cleaned
 
 
 class BatchFilter(admin.SimpleListFilter):
@@ -283,7 +215,6 @@ class ReplayMixin:
         return reverse(self.url_name("change"), args=[call.pk])
 
     def known_models(self):
-        from openai_django.admin.filters import known_models
         from openai_django.pricing import price_table
 
         names = set(known_models())
@@ -381,8 +312,6 @@ class ReplayMixin:
         for side in (a, b):
             images.append([render.artifact_view(x) for x in side.artifacts.filter(
                 role=Artifact.Role.GENERATED_IMAGE).order_by("index")])
-        from openai_django.admin.calls import format_cost, format_ms
-
         def delta(x, y, fmt=str):
             if x is None or y is None:
                 return ""
@@ -396,8 +325,12 @@ class ReplayMixin:
             (_("HTTP status"), a.response_status or "—", b.response_status or "—", ""),
             (_("prompt tokens"), a.prompt_tokens, b.prompt_tokens,
              delta(a.prompt_tokens, b.prompt_tokens)),
+            (_("cached tokens"), format_tokens(a.cached_tokens), format_tokens(b.cached_tokens),
+             delta(a.cached_tokens, b.cached_tokens)),
             (_("completion tokens"), a.completion_tokens, b.completion_tokens,
              delta(a.completion_tokens, b.completion_tokens)),
+            (_("reasoning tokens"), format_tokens(a.reasoning_tokens),
+             format_tokens(b.reasoning_tokens), delta(a.reasoning_tokens, b.reasoning_tokens)),
             (_("total tokens"), a.total_tokens, b.total_tokens,
              delta(a.total_tokens, b.total_tokens)),
             (_("latency"), format_ms(a.latency_ms), format_ms(b.latency_ms),
@@ -433,9 +366,6 @@ class ReplayMixin:
         replays of the list's current filters (e.g. one bulk replay batch)."""
         if not self.has_view_permission(request):
             raise PermissionDenied
-        from openai_django.admin.calls import format_cost, format_ms
-        from openai_django.admin.pagination import LookaheadPaginator
-
         query = request.GET.copy()
         page_number = query.pop("p", [None])[-1]
         request.GET = query  # the list's filters, without this report's page

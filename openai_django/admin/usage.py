@@ -26,6 +26,7 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
+from openai_django.admin.formatting import format_cost
 from openai_django.models import APIKey, Call
 
 logger = logging.getLogger("openai_django.admin")
@@ -154,8 +155,6 @@ def _fmt_int(value):
 
 
 def _fmt_cost(value):
-    from openai_django.admin.calls import format_cost
-
     return format_cost(Decimal(value)) if value else "$0"
 
 

@@ -9,6 +9,8 @@ from django.utils import formats, timezone
 from django.utils.text import capfirst
 from django.utils.translation import gettext as _
 
+from openai_django.admin.formatting import format_cost, format_ms
+
 register = template.Library()
 
 
@@ -104,15 +106,11 @@ def capped_pagination(cl):
 
 @register.filter
 def ms(value):
-    from openai_django.admin.calls import format_ms
-
     return format_ms(value)
 
 
 @register.filter
 def usd(value):
-    from openai_django.admin.calls import format_cost
-
     return format_cost(value)
 
 
