@@ -262,11 +262,12 @@ class ResponsesOps:
                 resp["status"] = "queued"
                 record["final"] = final
                 return json_reply(resp, model)
-        initial = copy.deepcopy(resp)
+        if not stream:
+            resp.update(final)
+            return json_reply(resp, model)
+        initial = copy.deepcopy(resp)  # what response.created shows, before the output
         resp.update(final)
-        if stream:
-            return self._stream(req, initial, resp)
-        return json_reply(resp, model)
+        return self._stream(req, initial, resp)
 
     def _stream(self, req: Request, initial: dict, final: dict) -> StreamPlan:
         events, ttft, gap = self.app.knobs(req)
