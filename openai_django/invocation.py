@@ -16,6 +16,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlencode
 
 import orjson
+from django.core.exceptions import TooManyFieldsSent, TooManyFilesSent
 from django.http.multipartparser import MultiPartParserError
 from urllib3.filepost import encode_multipart_formdata
 
@@ -65,7 +66,8 @@ class Invocation:
     query: str = ""
     body: object = None  # parsed JSON body, or the form fields of a multipart body
     raw_body: bytes | None = None  # the body exactly as the client sent it (JSON, passthrough)
-    raw_content_type: str = ""  # a passthrough body's own content type
+    raw_content_type: str = ""  # a body forwarded as sent: its own content type
+    as_sent: bool = False  # the body is of another type the operation accepts: forwarded raw
     files: list = field(default_factory=list)  # [UploadedInput]
     headers: dict = field(default_factory=dict)  # forwarded headers, lower-case names
     user: object = None
@@ -81,6 +83,14 @@ class Invocation:
     @cached_property
     def kind(self):
         return kinds.of(self.operation)
+
+    @property
+    def raw(self):
+        """Whether the body is forwarded as the client sent it: a path neither spec knows, or
+        a body that is neither JSON nor a form (realtime's ``application/sdp``)."""
+        op = self.operation
+        return self.as_sent or op.id == PASSTHROUGH or bool(
+            op.content_type and not op.is_json and not op.is_multipart)
 
     @property
     def stream(self):
@@ -103,8 +113,8 @@ class Invocation:
         """``(bytes or None, content type)`` to send upstream: the client's own bytes, or the
         multipart form rebuilt with its fields as sent and its files byte for byte."""
         op = self.operation
-        if op.id == PASSTHROUGH:
-            return self.raw_body, self.raw_content_type or None
+        if self.raw:
+            return self.raw_body, self.raw_content_type or op.content_type
         if op.is_multipart:
             fields = []
             for name, value in (self.body or {}).items():
@@ -157,7 +167,7 @@ def check(invocation, query=None):
             raise PayloadTooLarge(
                 f"The file '{upload.field}' is {upload.size} bytes; the limit for this "
                 f"operation is {limit} bytes.", param=upload.field)
-    if app_settings.VALIDATION == "off" or op.id == PASSTHROUGH:
+    if app_settings.VALIDATION == "off" or invocation.raw:
         return
     from openai_django.validation import validate_form, validate_json, validate_query
 
@@ -186,17 +196,30 @@ def _header(meta, name):
     return meta.get("HTTP_" + name.upper().replace("-", "_"))
 
 
+# A forwarded header longer than this is refused: an upstream (or its proxy) that echoes it
+# back could make the answer's head too large to read.
+MAX_HEADER_BYTES = 4096
+
+
 def from_request(request, operation, path_kwargs, *, user, api_key, started):
     """The invocation of an HTTP request, its body read and checked (raises the gateway's
     errors; the invocation they concern is ``exc.invocation``)."""
     meta = request.META
     invocation = Invocation(
         operation=operation, path_kwargs=path_kwargs, query=meta.get("QUERY_STRING", ""),
-        headers={name: value for name in app_settings.FORWARD_HEADERS
-                 if (value := _header(meta, name))},
         user=user, api_key=api_key, started=started,
         idempotency_key=meta.get("HTTP_IDEMPOTENCY_KEY", "")[:255],
     )
+    for name in app_settings.FORWARD_HEADERS:
+        value = _header(meta, name)
+        if value:
+            invocation.headers[name] = value
+            if len(value) > MAX_HEADER_BYTES:
+                exc = InvalidRequest(f"The {name} header is {len(value)} bytes long; at most "
+                                     f"{MAX_HEADER_BYTES} are forwarded.", param=name)
+                invocation.headers[name] = value[:64] + "…"
+                exc.invocation = invocation
+                raise exc
     prefer = meta.get("HTTP_PREFER", "")
     if "respond-async" in prefer.replace(" ", "").lower().split(","):
         invocation.mode = Call.Mode.ASYNC
@@ -219,8 +242,13 @@ def _read_body(request, invocation):
         length = int(meta.get("CONTENT_LENGTH") or 0)
     except ValueError:
         raise InvalidRequest("The Content-Length header is not a number.") from None
-    if op.id == PASSTHROUGH:
-        return _read_passthrough(request, invocation, length)
+    if (content_type and content_type != op.content_type
+            and content_type in op.content_types):
+        # The operation accepts this type too (JSON image edits with URLs, a realtime call's
+        # SDP offer): forwarded as sent, checked by the upstream.
+        invocation.as_sent = True
+    if invocation.raw:
+        return _read_raw(request, invocation, length)
     if op.is_multipart:
         return _read_multipart(request, invocation, content_type, length)
     if length == 0 and not op.is_json:
@@ -262,7 +290,7 @@ def _read_multipart(request, invocation, content_type, length):
                               f"operation is {limit} bytes.")
     try:
         post, files = request.POST, request.FILES
-    except MultiPartParserError as exc:
+    except (MultiPartParserError, TooManyFieldsSent, TooManyFilesSent) as exc:
         raise InvalidRequest(f"The multipart body could not be read: {exc}") from None
     invocation.body = {key: values if len(values) > 1 else values[0]
                        for key, values in post.lists()}
@@ -274,9 +302,9 @@ def _read_multipart(request, invocation, content_type, length):
                 index=index, file=upload))
 
 
-def _read_passthrough(request, invocation, length):
-    """A path neither spec knows: the body is forwarded byte for byte, and recorded when it
-    is JSON."""
+def _read_raw(request, invocation, length):
+    """A path neither spec knows, or a body that is neither JSON nor a form: forwarded byte
+    for byte, and recorded when it is JSON."""
     if length > app_settings.MAX_FILE_BYTES:
         raise PayloadTooLarge(f"The request body is {length} bytes; the limit is "
                               f"{app_settings.MAX_FILE_BYTES} bytes.")
@@ -490,6 +518,7 @@ def from_call(call, *, overrides=None, mode=None, source=None, replay_of=None, u
     return Invocation(
         operation=operation, path_kwargs=path_kwargs_of(operation, call.path),
         query=call.query, body=body, raw_body=raw_body,
+        # What a passthrough call keeps of its body is the JSON it recorded.
         raw_content_type="application/json" if raw_body and operation.id == PASSTHROUGH
         else "", files=files, headers=headers,
         user=user if user is not None else call.user,

@@ -212,8 +212,9 @@ class Kind:
         """Other upstream objects the answer names (``{"input_file": "file-…"}``)."""
         return {}
 
-    def assemble(self, events):
-        """Read a stream's event payloads (JSON text) back into an :class:`Assembled`."""
+    def assemble(self, events, request=None):
+        """Read a stream's event payloads (JSON text) back into an :class:`Assembled`
+        (``request``: the request body, where the outputs' names depend on it)."""
         return _assemble_data(events)
 
     def stream_done(self, events, saw_done):
@@ -363,7 +364,7 @@ class Responses(Kind):
             links["conversation"] = conversation["id"]
         return links
 
-    def assemble(self, events):
+    def assemble(self, events, request=None):
         parts, final, usage = [], None, None
         for payload in events:
             data = _json(payload)
@@ -426,7 +427,7 @@ class Images(Kind):
                 found.append(Output(GENERATED_IMAGE, index, name, url=item["url"]))
         return found
 
-    def assemble(self, events):
+    def assemble(self, events, request=None):
         outputs, usage, partials = [], None, 0
         for payload in events:
             data = _json(payload)
@@ -475,7 +476,7 @@ class AudioIn(Kind):
         ext, content_type = TRANSCRIPT_FORMATS.get(requested, ("txt", "text/plain"))
         return [Output(TRANSCRIPT, 0, f"transcript.{ext}", content_type, data=text.encode())]
 
-    def assemble(self, events):
+    def assemble(self, events, request=None):
         parts, usage, final = [], None, None
         for payload in events:
             data = _json(payload)
@@ -507,7 +508,7 @@ class Speech(Kind):
         fmt = _dict(request).get("response_format") or "mp3"
         return f"speech.{fmt}"
 
-    def assemble(self, events):
+    def assemble(self, events, request=None):
         chunks, usage = [], None
         for payload in events:
             data = _json(payload)
@@ -519,7 +520,9 @@ class Speech(Kind):
             elif data.get("type") == "speech.audio.done":
                 usage = data.get("usage")
         audio = b"".join(chunks)
-        outputs = (Output(GENERATED_AUDIO, 0, "speech.pcm", "audio/L16", data=audio),) \
+        fmt = _dict(request).get("response_format") or "mp3"
+        outputs = (Output(GENERATED_AUDIO, 0, f"speech.{fmt}",
+                          AUDIO_TYPES.get(fmt, "application/octet-stream"), data=audio),) \
             if audio else ()
         return Assembled("", Usage.read(usage), outputs=outputs)
 
@@ -583,7 +586,7 @@ class Unknown(Kind):
     def stream_done(self, events, saw_done):
         return True  # nothing says how such a stream ends: ending cleanly is ending well
 
-    def assemble(self, events):
+    def assemble(self, events, request=None):
         return Assembled()
 
 

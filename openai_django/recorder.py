@@ -212,7 +212,7 @@ def finish(call, response, *, started=None, outcome=None, events=None, stream_do
     request = call.request_body
     body, outputs = None, ()
     if events is not None:
-        assembled = kind.assemble(events)
+        assembled = kind.assemble(events, request)
         stream_done = kind.stream_done(events, stream_done)
         _usage(call, assembled.usage)
         body, outputs = assembled.body, assembled.outputs

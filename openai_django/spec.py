@@ -66,6 +66,7 @@ class Operation:
     name: str = ""
     deprecated: bool = False
     content_type: str | None = None  # the first request media type, e.g. "application/json"
+    content_types: tuple = ()  # every request media type the operation accepts
     body_required: bool = False
     # The request body schema as in the spec, a top-level $ref followed; inner $refs point
     # into the document's components (2.3.0 is recursive, so nothing is inlined).
@@ -348,6 +349,7 @@ def _build_operation(spec_path, method, op, shared_params, components, version):
         name=meta.get("name") or op["operationId"],
         deprecated=bool(op.get("deprecated")),
         content_type=content_type,
+        content_types=tuple(request_body["content"]) if request_body else (),
         body_required=body_required,
         schema=schema,
         path_params=path_params,

@@ -1,0 +1,73 @@
+"""Bad or unusual input reaches the client as a clear OpenAI-style error (never a 500), and is
+recorded as a rejected call; bodies that are neither JSON nor a form are forwarded as sent."""
+
+import pytest
+
+from openai_django.models import Call
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.mark.parametrize("messages", [1, True, "hi", {"role": "user"}])
+def test_a_wrong_type_is_a_400_recorded_as_rejected(http, upstream, messages):
+    response = http.post(f"{http.base}/chat/completions",
+                         json={"model": "gpt-4o-mini", "messages": messages})
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request_error" and error["param"] == "messages"
+    call = Call.objects.get(pk=response.headers["X-Call-Id"])
+    assert call.outcome == Call.Outcome.REJECTED and call.prompt_preview == ""
+    assert upstream.requests() == []
+
+
+def test_a_content_part_whose_text_is_not_a_string_is_a_400(http, upstream):
+    body = {"model": "gpt-4o-mini",
+            "messages": [{"role": "user", "content": [{"type": "text", "text": 5}]}]}
+    response = http.post(f"{http.base}/chat/completions", json=body)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"].startswith("messages[0].content")
+
+
+def test_an_artifact_id_that_is_not_a_uuid_is_a_404(http, upstream):
+    response = http.post(f"{http.base}/chat/completions",
+                         json={"model": "gpt-4o-mini",
+                               "messages": [{"role": "user", "content": "hi"}]})
+    call_id = response.headers["X-Call-Id"]
+    response = http.get(f"{http.base}/calls/{call_id}/artifacts/x")
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "not_found"
+
+
+def test_too_many_form_fields_is_a_400_not_a_500(http, upstream):
+    fields = {f"f{i}": "x" for i in range(1001)}
+    response = http.post(f"{http.base}/images/variations", data=fields,
+                         files={"image": ("i.png", b"\x89PNG\r\n\x1a\n" + b"0" * 64,
+                                          "image/png")})
+    assert response.status_code == 400, response.text
+    assert "multipart body could not be read" in response.json()["error"]["message"]
+
+
+def test_a_forwarded_header_has_a_bound(http, upstream):
+    response = http.post(f"{http.base}/chat/completions",
+                         headers={"OpenAI-Organization": "o" * 16384},
+                         json={"model": "gpt-4o-mini",
+                               "messages": [{"role": "user", "content": "hi"}]})
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == "openai-organization"
+    call = Call.objects.get(pk=response.headers["X-Call-Id"])
+    # What is recorded of the header is bounded too.
+    assert len(call.request_headers["openai-organization"]) < 100
+    assert upstream.requests() == []
+
+
+def test_a_body_neither_json_nor_form_is_forwarded_as_sent(http, upstream):
+    # Realtime calls take an SDP offer (application/sdp): neither JSON nor a form.
+    offer = b"v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"
+    response = http.post(f"{http.base}/realtime/calls", data=offer,
+                         headers={"Content-Type": "application/sdp"})
+    assert response.status_code < 500, response.text
+    sent = upstream.requests()[-1]
+    assert sent["path"] == "/v1/realtime/calls"
+    assert sent.get("body_bytes") == len(offer)
+    call = Call.objects.get(pk=response.headers["X-Call-Id"])
+    assert call.operation == "create-realtime-call" or call.path == "/realtime/calls"
