@@ -180,9 +180,6 @@ class Registry:
                 return variant
         return operation
 
-    def choices(self):
-        return [(op.id, op.name or op.id) for op in self.operations.values()]
-
 
 def _operations_of(document, version):
     """Every operation of one document, in spec order."""
