@@ -9,12 +9,14 @@ vectors summarised, files and fine-tunes as tables, and the raw JSON folded away
 
 import json
 import logging
+from urllib.parse import urlencode
 
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.contrib.admin.utils import unquote
 from django.contrib.admin.views.main import ChangeList
 from django.core.exceptions import PermissionDenied
+from django.db.models import Exists, OuterRef
 from django.http import Http404, HttpResponse
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
@@ -29,7 +31,9 @@ from openai_django.admin.export import ExportMixin
 from openai_django.admin.filters import (
     HasErrorFilter,
     KeyFilter,
+    KindFilter,
     ModelFilter,
+    ObjectFilter,
     OperationFilter,
     ReplayFilter,
     StatusFilter,
@@ -41,13 +45,17 @@ from openai_django.admin.formatting import choice_label, format_cost, format_ms,
 from openai_django.admin.pagination import LookaheadPaginator
 from openai_django.admin.replay import ReplayMixin
 from openai_django.admin.usage import UsageMixin
-from openai_django.models import Call
+from openai_django.models import Artifact, Call
 
 logger = logging.getLogger("openai_django.admin")
 
 # Columns the list never shows: not read for a changelist page (a few KB each, 100 rows a page).
 HEAVY_FIELDS = ("request_body", "response_body", "stream_events", "payload", "response_text",
                 "output_text", "request_headers", "response_headers", "attempts", "error")
+
+ABOUT_MAX = 20  # other calls about the same upstream object, on a call's page
+LINKS_MAX = 12  # linked objects shown (a fine-tune may name many result files)
+LINKED_CALLS_MAX = 5  # calls shown per linked object
 
 STATUS_COLOURS = {
     Call.Status.QUEUED: "queued",
@@ -87,8 +95,8 @@ class CallAdmin(ReplayMixin, UsageMixin, ExportMixin, admin.ModelAdmin):
                     "tokens_display", "cost_display", "markers", "prompt_display")
     list_display_links = ("created_display",)
     list_select_related = ("user", "api_key")
-    list_filter = (OperationFilter, ModelFilter, StatusFilter, UserFilter, KeyFilter,
-                   HasErrorFilter, ReplayFilter)
+    list_filter = (KindFilter, OperationFilter, ModelFilter, StatusFilter, UserFilter, KeyFilter,
+                   ObjectFilter, HasErrorFilter, ReplayFilter)
     list_per_page = 100
     list_max_show_all = 100
     show_full_result_count = False
@@ -200,9 +208,14 @@ class CallAdmin(ReplayMixin, UsageMixin, ExportMixin, admin.ModelAdmin):
     def tokens_display(self, call):
         if call.total_tokens is None:
             return "—"
-        return format_html('<span title="{} prompt + {} completion">{}</span>',
-                           call.prompt_tokens or 0, call.completion_tokens or 0,
-                           f"{call.total_tokens:,}")
+        hint = ""
+        if call.cached_tokens:
+            hint += f" ({call.cached_tokens:,} cached)"
+        hint += f" + {call.completion_tokens or 0:,} completion"
+        if call.reasoning_tokens:
+            hint += f" ({call.reasoning_tokens:,} reasoning)"
+        return format_html('<span title="{} prompt{}">{}</span>', f"{call.prompt_tokens or 0:,}",
+                           hint, f"{call.total_tokens:,}")
 
     @admin.display(description=_("est. cost"))
     def cost_display(self, call):
@@ -365,8 +378,12 @@ class CallAdmin(ReplayMixin, UsageMixin, ExportMixin, admin.ModelAdmin):
         kind = render.kind_of(call)
         artifacts = [render.artifact_view(a) for a in call.artifacts.all()]
         inputs = [a for a in artifacts if a["is_input"]]
-        generated = [a for a in artifacts
-                     if a["obj"].role == a["obj"].Role.GENERATED_IMAGE]
+        # Finals first (by index), then the partial images a stream sent on the way.
+        generated = sorted((a for a in artifacts
+                            if a["obj"].role == a["obj"].Role.GENERATED_IMAGE),
+                           key=lambda a: (a["obj"].name.startswith("partial"), a["obj"].index))
+        for a in generated:
+            a["partial"] = a["obj"].name.startswith("partial")
         replays = list(call.replays.select_related("user").defer(*HEAVY_FIELDS)
                        .order_by("-created")[:51])
         op = call.operation_spec
@@ -381,6 +398,10 @@ class CallAdmin(ReplayMixin, UsageMixin, ExportMixin, admin.ModelAdmin):
             input_artifacts=inputs,
             generated_images=generated,
             audio_inputs=[a for a in inputs if a["is_audio"]],
+            generated_audio=[a for a in artifacts
+                             if a["obj"].role == a["obj"].Role.GENERATED_AUDIO],
+            about=self.calls_about(call),
+            linked=self.linked_calls(call),
             replays=replays[:50],
             more_replays=len(replays) > 50,
             user_link=self.user_link(call.user),
@@ -419,6 +440,15 @@ class CallAdmin(ReplayMixin, UsageMixin, ExportMixin, admin.ModelAdmin):
                                           response.get("data") or ()
                                           if isinstance(item, dict) and item.get("revised_prompt")]
             context["failed_images"] = [a for a in artifacts if a["obj"].error]
+        elif kind == "responses":
+            context["responses"] = render.responses_view(call)
+            context["tools"] = context["responses"]["tools"]
+            context["request_fields"] = render.request_fields(
+                call, skip=("input", "instructions", "tools"))
+        elif kind == "speech":
+            context["speech"] = render.speech_request(call)
+            context["request_fields"] = render.request_fields(
+                call, skip=("input", "voice", "instructions"))
         elif kind == "audio":
             context["transcript"] = render.transcript(call)
         elif kind == "embedding":
@@ -429,6 +459,37 @@ class CallAdmin(ReplayMixin, UsageMixin, ExportMixin, admin.ModelAdmin):
         else:
             context["objects"] = render.object_tables(call)
         return context
+
+    def calls_about(self, call):
+        """The other calls about this call's upstream object, newest first (at most
+        ``ABOUT_MAX``; one more is read to say there are more)."""
+        if not call.object_id:
+            return None
+        found = list(Call.objects.about(call.object_id).exclude(pk=call.pk)
+                     .defer(*HEAVY_FIELDS).order_by("-created")[:ABOUT_MAX + 1])
+        return {"object_id": call.object_id, "calls": found[:ABOUT_MAX],
+                "more": len(found) > ABOUT_MAX,
+                "url": reverse(self.url_name("changelist")) + "?" + urlencode(
+                    {"object": call.object_id})}
+
+    def linked_calls(self, call):
+        """Each upstream object the answer names (by role) and the calls that created,
+        uploaded or downloaded it, newest first: a batch's input and output files, a job's
+        training file, the response a response continues."""
+        links = call.links if isinstance(call.links, dict) else {}
+        rows = []
+        for role, object_id in list(links.items())[:LINKS_MAX]:
+            if not isinstance(object_id, str) or not object_id:
+                continue
+            holds_file = Artifact.objects.filter(
+                call=OuterRef("pk"), role__in=(Artifact.Role.UPLOAD, Artifact.Role.FILE_CONTENT),
+                purged_at__isnull=True).exclude(file="")
+            calls = list(Call.objects.about(object_id).exclude(pk=call.pk)
+                         .defer(*HEAVY_FIELDS).annotate(holds_file=Exists(holds_file))
+                         .order_by("-created")[:LINKED_CALLS_MAX])
+            rows.append({"role": role.replace("_", " "), "object_id": object_id,
+                         "calls": calls})
+        return rows
 
     def user_link(self, user):
         if user is None:

@@ -38,23 +38,69 @@ def operation_label(operation_id):
     return name
 
 
+def group_label(group):
+    """A spec group (tag) as a heading: "fine-tuning" -> "Fine tuning"."""
+    text = (group or "other").replace("-", " ").replace("_", " ")
+    return text[:1].upper() + text[1:]
+
+
 class OperationFilter(admin.SimpleListFilter):
-    """The spec's operations (no query): the registry knows all 28."""
+    """Both specs' operations (no query: the registry knows them), grouped by the spec's tag,
+    the deprecated ones marked and listed last in their group."""
 
     title = _("operation")
     parameter_name = "operation"
+    template = "openai_django/admin/operation_filter.html"
 
     def lookups(self, request, model_admin):
         from openai_django.spec import get_registry
 
-        ops = sorted(get_registry(), key=lambda op: (op.deprecated, op.group, op.id))
+        ops = sorted(get_registry(), key=lambda op: (op.group or "~", op.deprecated,
+                                                     operation_label(op.id).lower()))
+        self.groups = {op.id: group_label(op.group) for op in ops}
         return [(op.id, operation_label(op.id) + (" (deprecated)" if op.deprecated else ""))
                 for op in ops]
+
+    def choices(self, changelist):
+        """Django's choices with the group each belongs to (the template folds by group)."""
+        lookups = [None, *(value for value, _label in self.lookup_choices)]
+        for value, choice in zip(lookups, super().choices(changelist), strict=True):
+            choice["group"] = self.groups.get(value, "") if value else ""
+            choice["value"] = value or ""
+            yield choice
 
     def queryset(self, request, queryset):
         if self.value():
             return queryset.filter(operation=self.value())
         return queryset
+
+
+def kind_operations(name):
+    """The operation ids of the kind ``name`` (the list filters on the indexed operation)."""
+    from openai_django import kinds
+    from openai_django.spec import get_registry
+
+    return [op.id for op in get_registry() if kinds.of(op).name == name]
+
+
+class KindFilter(admin.SimpleListFilter):
+    """Calls by family (chat, Responses, speech, batches...): the ids of its operations."""
+
+    title = _("kind")
+    parameter_name = "kind"
+
+    def lookups(self, request, model_admin):
+        from openai_django import kinds
+        from openai_django.spec import get_registry
+
+        present = {kinds.of(op).name for op in get_registry()}
+        return sorted(((k.name, str(k.label)) for k in kinds.KINDS.values()
+                       if k.name in present), key=lambda pair: pair[1])
+
+    def queryset(self, request, queryset):
+        if not self.value():
+            return queryset
+        return queryset.filter(operation__in=kind_operations(self.value()))
 
 
 def distinct_models(using="default"):
@@ -292,3 +338,16 @@ def parse_uuid(value):
         return uuid.UUID(str(value).strip())
     except (TypeError, ValueError):
         return None
+
+
+class ObjectFilter(InputFilter):
+    """Every call about one upstream object (``object_id``, indexed): a file, a batch, a
+    response, a fine-tuning job."""
+
+    title = _("upstream object")
+    parameter_name = "object"
+    placeholder = "file-…, batch_…, resp_…"
+
+    def queryset(self, request, queryset):
+        value = (self.value() or "").strip()
+        return queryset.filter(object_id=value) if value else queryset

@@ -78,6 +78,10 @@ def pretty_scalar(value):
 # -- chat ---------------------------------------------------------------------------------------
 
 
+# Content parts that carry text: chat's ``text``, the Responses API's input and output text.
+TEXT_PARTS = ("text", "input_text", "output_text", "summary_text")
+
+
 def _parts(content):
     """Message content as display parts: [{"type": "text", "text"} | {"type": "image", ...}]."""
     if content is None:
@@ -91,9 +95,13 @@ def _parts(content):
                 parts.append({"type": "text", "text": pretty_scalar(part)})
                 continue
             kind = part.get("type")
-            if kind == "text" or "text" in part and kind is None:
+            if kind in TEXT_PARTS or "text" in part and kind is None:
                 parts.append({"type": "text", "text": str(part.get("text", ""))})
-            elif kind == "image_url":
+            elif kind == "refusal":
+                parts.append({"type": "text", "text": str(part.get("refusal", ""))})
+            elif kind == "input_image" and not part.get("image_url"):
+                parts.append({"type": "image", "url": str(part.get("file_id") or "")})
+            elif kind in ("image_url", "input_image"):
                 url = part.get("image_url")
                 url = url.get("url") if isinstance(url, dict) else url
                 url = str(url or "")
@@ -158,13 +166,7 @@ def conversation(call):
 def tools_offered(call):
     """Names and descriptions of the tools/functions the request offered the model."""
     body = call.request_body if isinstance(call.request_body, dict) else {}
-    offered = []
-    for tool in body.get("tools") or ():
-        if isinstance(tool, dict):
-            function = tool.get("function") or {}
-            offered.append({"name": function.get("name", tool.get("type", "")),
-                            "description": function.get("description", ""),
-                            "parameters": pretty(function.get("parameters"))})
+    offered = _tools(body.get("tools"))
     for function in body.get("functions") or ():
         if isinstance(function, dict):
             offered.append({"name": function.get("name", ""),
@@ -259,6 +261,144 @@ def assemble_chat_stream(events):
             "finish_reason": state["finish_reason"],
         })
     return replies
+
+
+# -- the Responses API -----------------------------------------------------------------------
+
+
+def _payload(event):
+    """A stream event's payload as a dict (stored as JSON text, or already parsed)."""
+    if isinstance(event, dict):
+        return event
+    try:
+        data = json.loads(event)
+    except (TypeError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _item(item, reply=False):
+    """One input or output item of the Responses API as a message for the templates."""
+    if not isinstance(item, dict):
+        return _message({"role": "user", "content": item})
+    kind = item.get("type") or "message"
+    if kind == "message":
+        message = _message({"role": item.get("role") or "user", "content": item.get("content")})
+        message["status"] = item.get("status") or ""
+        return message
+    if kind == "function_call":
+        return {"role": "assistant", "kind": kind, "parts": [], "tool_call_id": "",
+                "tool_calls": [{"id": item.get("call_id") or item.get("id") or "",
+                                "type": "function", "name": item.get("name") or "",
+                                "arguments": _pretty_arguments(item.get("arguments"))}]}
+    if kind == "function_call_output":
+        output = item.get("output")
+        return {"role": "tool", "kind": kind, "tool_calls": [],
+                "tool_call_id": item.get("call_id") or "",
+                "parts": _parts(_pretty_arguments(output) if isinstance(output, str)
+                                else output)}
+    if kind == "reasoning":
+        summary = [str(p.get("text", "")) for p in item.get("summary") or ()
+                   if isinstance(p, dict)]
+        return {"role": "reasoning", "kind": kind, "summary": summary, "parts": [],
+                "tool_calls": [], "encrypted": bool(item.get("encrypted_content"))}
+    if kind == "image_generation_call":
+        return {"role": "assistant", "kind": kind, "tool_calls": [], "parts": [
+            {"type": "other", "text": pretty({k: v for k, v in item.items() if k != "result"})}]}
+    return {"role": "assistant" if reply else "user", "kind": kind, "tool_calls": [],
+            "parts": [{"type": "other", "text": pretty(item)}]}
+
+
+def response_object(call):
+    """The ``response`` object of a Responses call: its body, else the one its stream ended
+    with; ``(response, complete)``. A broken stream gives the output items it finished and
+    the text it had begun (``complete`` False)."""
+    body = call.response_body
+    if isinstance(body, dict) and body.get("object") == "response":
+        return body, True
+    events = events_of(call)
+    if not events:
+        return None, True
+    assembled = kinds.of_call(call).assemble(events)
+    if isinstance(assembled.body, dict):
+        return assembled.body, True
+    done, started = [], None
+    for event in events:
+        data = _payload(event) or {}
+        if data.get("type") == "response.output_item.done" and isinstance(data.get("item"), dict):
+            done.append(data["item"])
+        elif data.get("type") in ("response.created", "response.in_progress") and \
+                isinstance(data.get("response"), dict):
+            started = data["response"]
+    if assembled.text and not any(i.get("type") == "message" for i in done):
+        done.append({"type": "message", "role": "assistant", "status": "incomplete",
+                     "content": [{"type": "output_text", "text": assembled.text}]})
+    return {**(started or {}), "output": done, "status": "incomplete"}, False
+
+
+def response_usage(usage):
+    """Token counts of a Responses ``usage`` (with cached and reasoning tokens), or None."""
+    read = kinds.Usage.read(usage)
+    if not read:
+        return None
+    return {"input": read.prompt, "output": read.completion, "total": read.total,
+            "cached": read.cached, "reasoning": read.reasoning}
+
+
+def responses_view(call):
+    """A Responses call as a conversation: instructions, input items, output items, usage."""
+    body = call.request_body if isinstance(call.request_body, dict) else {}
+    response, complete = response_object(call)
+    response = response or {}
+    conversation = []
+    instructions = body.get("instructions") or response.get("instructions")
+    if instructions:
+        message = _message({"role": "system", "content": instructions})
+        message["name"] = "instructions"
+        conversation.append(message)
+    value = body.get("input")
+    if isinstance(value, str):
+        conversation.append(_message({"role": "user", "content": value}))
+    elif isinstance(value, list):
+        conversation.extend(_item(item) for item in value)
+    output = [_item(item, reply=True) for item in response.get("output") or ()]
+    return {
+        "conversation": conversation,
+        "output": output,
+        "status": response.get("status") or "",
+        "complete": complete,
+        "response_id": response.get("id") or "",
+        "incomplete": (response.get("incomplete_details") or {}).get("reason", "")
+        if isinstance(response.get("incomplete_details"), dict) else "",
+        "usage": response_usage(response.get("usage")),
+        "tools": tools_offered(call) or _tools(response.get("tools")),
+    }
+
+
+def _tools(tools):
+    offered = []
+    for tool in tools or ():
+        if not isinstance(tool, dict):
+            continue
+        function = tool.get("function") if isinstance(tool.get("function"), dict) else tool
+        offered.append({"name": function.get("name") or tool.get("type", ""),
+                        "description": function.get("description", ""),
+                        "parameters": pretty(function.get("parameters"))})
+    return offered
+
+
+# -- speech -----------------------------------------------------------------------------------
+
+
+def speech_request(call):
+    """The input text and voice of a speech call (``voice`` is a name or ``{"id"}``)."""
+    body = call.request_body if isinstance(call.request_body, dict) else {}
+    voice = body.get("voice")
+    if isinstance(voice, dict):
+        voice = voice.get("id") or pretty_scalar(voice)
+    return {"input": str(body.get("input") or ""), "voice": str(voice or ""),
+            "instructions": str(body.get("instructions") or ""),
+            "format": str(body.get("response_format") or "mp3")}
 
 
 # -- completions, edits ---------------------------------------------------------------------
@@ -440,7 +580,24 @@ def table_of(items):
     columns = columns[:MAX_COLUMNS]
     rows = [[_cell(key, item.get(key)) if key in item else "" for key in columns]
             for item in items]
+    if any(isinstance(item.get("content"), list) or "arguments" in item for item in items):
+        # Items of a conversation or a response (input_items): their text is the point.
+        columns.append("text")
+        for row, item in zip(rows, items, strict=True):
+            row.append(_item_text(item))
     return {"columns": columns, "rows": rows}
+
+
+def _item_text(item):
+    """The text of a Responses item for a table cell: message text, a call, its output."""
+    if isinstance(item.get("content"), list):
+        text = " ".join(str(p.get("text", "")) for p in item["content"]
+                        if isinstance(p, dict) and p.get("type") in TEXT_PARTS)
+    elif "arguments" in item:
+        text = f"{item.get('name', '')}({item.get('arguments', '')})"
+    else:
+        text = pretty_scalar(item.get("output", ""))
+    return text if len(text) <= 500 else text[:499] + "…"
 
 
 def object_tables(call):
@@ -501,16 +658,24 @@ DIFF_MAX_CHARS = 40_000
 
 
 def comparable_text(call):
-    """What to diff for a call: its generated text, else its response as indented JSON."""
+    """What to diff for a call: the text its kind reads from the answer (or from the stream),
+    else its response as indented JSON."""
     if call.output_text:
         return call.output_text
+    kind = kinds.of_call(call)
+    if isinstance(call.response_body, dict):
+        text = kind.output_text(call.response_body)
+        if text:
+            return text
     events = events_of(call)
     if events:
-        replies = assemble_chat_stream(events)
-        if kind_of(call) == "chat" and replies:
-            return "".join(p.get("text", "") for p in replies[0]["parts"]) + "".join(
-                f"\n{t['name']}({t['arguments']})" for t in replies[0]["tool_calls"])
-        return kinds.of_call(call).assemble(events).text
+        assembled = kind.assemble(events)
+        text = assembled.text or (kind.output_text(assembled.body) if assembled.body else "")
+        if not text and kind.display == "chat":  # a streamed answer of tool calls only
+            replies = assemble_chat_stream(events)
+            text = "".join(f"{t['name']}({t['arguments']})\n"
+                           for t in (replies[0]["tool_calls"] if replies else ()))
+        return text
     if call.response_text:
         return call.response_text
     if call.response_body is not None:
