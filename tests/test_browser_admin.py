@@ -183,3 +183,37 @@ def test_screenshots_of_the_main_pages(page, live_server, admin_user, sdk, upstr
     shot(page, screenshots_dir, "30-keys")
     page.goto(f"{live_server.url}/admin/openai_django/apikey/{key.pk}/change/")
     shot(page, screenshots_dir, "31-key")
+
+
+def test_a_responses_call_page_in_a_browser(page, live_server, admin_user, sdk, upstream,
+                                            screenshots_dir):
+    """A Responses call with instructions, an image, a tool round trip and reasoning reads as
+    a conversation; the reasoning summary folds; no stored script runs."""
+    data_url = "data:image/png;base64," + base64.b64encode(PNG).decode()
+    weather = {"type": "function", "name": "get_weather", "description": "Weather of a city",
+               "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}
+    response = sdk.responses.with_raw_response.create(
+        model="o4-mini", instructions="You answer about pictures and weather.",
+        reasoning={"effort": "low", "summary": "auto"}, tools=[weather], input=[
+            {"role": "user", "content": [
+                {"type": "input_text", "text": "What is this? <script>alert(1)</script>"},
+                {"type": "input_image", "image_url": data_url}]},
+            {"type": "function_call", "call_id": "call_1", "name": "get_weather",
+             "arguments": '{"city": "Oslo"}'},
+            {"type": "function_call_output", "call_id": "call_1", "output": '{"temp_c": 3}'},
+            {"role": "user", "content": "So, is it cold there?"}])
+    call_id = response.headers["X-Call-Id"]
+    dialogs = []
+    page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+    login(page, live_server)
+    page.goto(f"{live_server.url}/admin/openai_django/call/{call_id}/change/")
+    conversation = page.locator(".od-conversation")
+    conversation.wait_for()
+    assert conversation.locator("img").count() == 1
+    assert "<script>alert(1)</script>" in conversation.inner_text()
+    reasoning = conversation.locator("details.od-message-reasoning")
+    assert reasoning.count() == 1
+    reasoning.locator("summary").click()
+    assert "Thinking it over" in reasoning.inner_text()
+    shot(page, screenshots_dir, "40-responses-call")
+    assert dialogs == []
