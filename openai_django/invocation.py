@@ -10,7 +10,7 @@ import mimetypes
 import os
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from urllib.parse import unquote, urlencode
@@ -68,6 +68,7 @@ class Invocation:
     raw_body: bytes | None = None  # the body exactly as the client sent it (JSON, passthrough)
     raw_content_type: str = ""  # a body forwarded as sent: its own content type
     as_sent: bool = False  # the body is of another type the operation accepts: forwarded raw
+    unchecked: bool = False  # a body of the operation's second type: no schema to check
     files: list = field(default_factory=list)  # [UploadedInput]
     headers: dict = field(default_factory=dict)  # forwarded headers, lower-case names
     user: object = None
@@ -167,7 +168,7 @@ def check(invocation, query=None):
             raise PayloadTooLarge(
                 f"The file '{upload.field}' is {upload.size} bytes; the limit for this "
                 f"operation is {limit} bytes.", param=upload.field)
-    if app_settings.VALIDATION == "off" or invocation.raw:
+    if app_settings.VALIDATION == "off" or invocation.raw or invocation.unchecked:
         return
     from openai_django.validation import validate_form, validate_json, validate_query
 
@@ -244,9 +245,12 @@ def _read_body(request, invocation):
         raise InvalidRequest("The Content-Length header is not a number.") from None
     if (content_type and content_type != op.content_type
             and content_type in op.content_types):
-        # The operation accepts this type too (JSON image edits with URLs, a realtime call's
-        # SDP offer): forwarded as sent, checked by the upstream.
-        invocation.as_sent = True
+        # The operation accepts this type too (JSON image edits with URLs, a container file
+        # uploaded as a form, a realtime call's SDP offer): served as that variant of the
+        # operation, checked by the upstream (the registry holds the first type's schema).
+        op = invocation.operation = replace(op, content_type=content_type, schema=None)
+        invocation.as_sent = not (op.is_json or op.is_multipart)
+        invocation.unchecked = True
     if invocation.raw:
         return _read_raw(request, invocation, length)
     if op.is_multipart:

@@ -238,9 +238,12 @@ def finish(call, response, *, started=None, outcome=None, events=None, stream_do
                 error = body["error"]
         if bodies:
             outputs = _record_body(call, kind, response, body, request)
-    if ok and isinstance(body, dict):
-        call.object_id = kind.object_id(body, _path_ids(call), request)[:200]
-        call.links = kind.links(body) or None
+    if ok and kind.keeps_object_id:
+        # From the answer's ``id``, else the path (a file's content is bytes: its id is in
+        # the path), so every call about an object is found by it.
+        answer = body if isinstance(body, dict) else None
+        call.object_id = kind.object_id(answer, _path_ids(call), request)[:200]
+        call.links = kind.links(answer) or None
     if error is not None:
         call.error = error
     if outcome is None:

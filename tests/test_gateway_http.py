@@ -157,7 +157,9 @@ def test_oversized_image_is_413_naming_the_field(http, upstream, settings):
 
 
 def test_multipart_operation_refuses_json(http, upstream):
-    response = http.post(f"{http.base}/images/edits", json={"prompt": "x"})
+    # Transcriptions take only a form. (Image edits take JSON too today: gpt-image-1 with
+    # image URLs; such a body is forwarded as sent, see test_gateway_input.py.)
+    response = http.post(f"{http.base}/audio/transcriptions", json={"model": "whisper-1"})
     assert response.status_code == 415
     assert "multipart/form-data" in response.json()["error"]["message"]
 

@@ -71,3 +71,15 @@ def test_a_body_neither_json_nor_form_is_forwarded_as_sent(http, upstream):
     assert sent.get("body_bytes") == len(offer)
     call = Call.objects.get(pk=response.headers["X-Call-Id"])
     assert call.operation == "create-realtime-call" or call.path == "/realtime/calls"
+
+
+def test_a_second_declared_type_is_served_as_that_variant(http, upstream):
+    # Image edits declare a form first and JSON second (gpt-image-1 edits by image URL).
+    body = {"model": "gpt-image-1", "prompt": "a hat",
+            "images": [{"image_url": "https://example.com/cat.png"}]}
+    response = http.post(f"{http.base}/images/edits", json=body)
+    assert response.status_code != 415, response.text
+    sent = upstream.requests()[-1]
+    assert sent["path"] == "/v1/images/edits" and sent["body"] == body
+    call = Call.objects.get(pk=response.headers["X-Call-Id"])
+    assert call.operation == "createImageEdit" and call.request_body == body
