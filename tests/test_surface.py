@@ -255,14 +255,11 @@ def test_passthrough_get_stream_is_relayed_and_recorded(http, echo):
     stream_through(http, "GET")
 
 
-# Gateway bug: PassthroughView overrides dispatch() without OperationView's
-# method_decorator(csrf_exempt), so as_view() no longer carries csrf_exempt and Django's CSRF
-# middleware answers any POST to an unknown /v1/ path with its HTML 403 "CSRF verification
-# failed" before the view runs (bearer-key clients have no CSRF cookie).
-CSRF_BUG = pytest.mark.xfail(strict=True, reason="PassthroughView is not csrf_exempt: POST 403")
+# Bearer-key clients carry no CSRF cookie: a POST to an unknown /v1/ path must reach the
+# passthrough view, not Django's CSRF 403 (it once did, when PassthroughView's own dispatch
+# lost OperationView's csrf_exempt).
 
 
-@CSRF_BUG
 def test_passthrough_post_json_is_forwarded_and_recorded(http, echo):
     posted = http.post(f"{http.base}/x-new-thing", json={"name": "kite", "n": 3})
     assert posted.status_code == 200, posted.text[:200]
@@ -273,7 +270,6 @@ def test_passthrough_post_json_is_forwarded_and_recorded(http, echo):
     assert call.response_body == posted.json()
 
 
-@CSRF_BUG
 def test_passthrough_post_stream_is_relayed_and_recorded(http, echo):
     stream_through(http, "POST")
 
@@ -295,7 +291,6 @@ def test_passthrough_off_is_404_and_nothing_is_sent(http, echo, settings):
     assert echo.seen == []
 
 
-@CSRF_BUG
 def test_passthrough_off_post_is_a_json_404(http, echo, settings):
     settings.OPENAI_DJANGO = {**settings.OPENAI_DJANGO, "PASSTHROUGH": "off"}
     response = http.post(f"{http.base}/x-new-thing", json={"a": 1})
