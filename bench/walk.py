@@ -37,12 +37,11 @@ def setup(tmp):
 
 
 def walk(path, body):
+    from django.contrib.auth import get_user_model
     from django.test import Client
 
     from openai_django.models import APIKey
     from openai_django.testing import StandinServer
-
-    from django.contrib.auth import get_user_model
 
     standin = StandinServer(api_key="sk-walk-0000", fast=True)
     standin.start()
