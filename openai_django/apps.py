@@ -10,5 +10,6 @@ class OpenAIDjangoConfig(AppConfig):
         from openai_django import (  # noqa: F401 - registers checks/receivers
             checks,
             handlers,
+            recovery,
             retention,
         )

@@ -4,7 +4,7 @@ Ids: W001 unknown settings, W002 no upstream key, E001 storage alias missing, W0
 upstream outside DEBUG, W004 GZipMiddleware, W005 bodies recorded with no retention, E002 a bad
 RETENTION value, E003 a REDACT hook that cannot be imported or called, E004 a bad ARTIFACT_URLS
 value, W006 signed artifact URLs on a storage that cannot sign, W007 PostgreSQL without
-persistent connections.
+persistent connections, W008 nothing sweeps calls orphaned by a dead process.
 """
 
 import numbers
@@ -52,6 +52,7 @@ def check_settings(app_configs, **kwargs):
     errors += _check_redact()
     errors += _check_artifact_urls()
     errors += _check_databases()
+    errors += _check_sweep()
     middleware = getattr(settings, "MIDDLEWARE", [])
     if "django.middleware.gzip.GZipMiddleware" in middleware:
         errors.append(checks.Warning(
@@ -164,3 +165,24 @@ def _check_databases(databases=None):
                      'OPTIONS = {"pool": True} (Django 5.1+, psycopg 3).',
                 id="openai_django.W007"))
     return errors
+
+
+SWEEP_TASK = "openai_django.sweep_stale_calls"
+
+
+def _check_sweep():
+    """W008: with the web processes' own sweep off and no beat entry for the sweep task, a
+    call orphaned by a crashed process stays ``running`` until someone runs ``openai_sweep``
+    (silence the check when cron does, with ``SILENCED_SYSTEM_CHECKS``)."""
+    if app_settings.SWEEP_INTERVAL is not None:
+        return []
+    schedule = getattr(settings, "CELERY_BEAT_SCHEDULE", None) or {}
+    if any(isinstance(entry, dict) and entry.get("task") == SWEEP_TASK
+           for entry in schedule.values()):
+        return []
+    return [checks.Warning(
+        "Nothing sweeps calls orphaned by a dead process: OPENAI_DJANGO['SWEEP_INTERVAL'] is "
+        "None and CELERY_BEAT_SCHEDULE has no entry for openai_django.sweep_stale_calls.",
+        hint="Run 'manage.py openai_sweep' from cron (then silence openai_django.W008), "
+             "schedule the task in beat, or set SWEEP_INTERVAL.",
+        id="openai_django.W008")]

@@ -96,6 +96,14 @@ DEFAULTS = {
     "RETRY_BACKOFF_MAX": 60.0,
     "RETRY_JITTER": True,
     "STALE_RUNNING_AFTER": 900,
+    # Seconds between sweeps of orphaned calls run by each web process itself (after a
+    # request, never during one; the first one right after the process's first request):
+    # calls left running by a dead process of this host are finished as lost within this
+    # bound, with or without celery beat. None: only beat or ``manage.py openai_sweep``.
+    "SWEEP_INTERVAL": 60,
+    # Seconds between saves of a stream's events while it is relayed: a crash loses at most
+    # this much of what the client was sent. None: events are saved only at the end.
+    "STREAM_CHECKPOINT_SECONDS": 2.0,
     # Cap on concurrent upstream calls made by tasks: {"*": N, "model-name": M}; empty = none.
     "CONCURRENCY": {},
     # Where the caps' leases live: "redis", "db" (a lease table), or None: Redis when a Redis

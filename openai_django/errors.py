@@ -91,6 +91,14 @@ class Conflict(OpenAIDjangoError):
     default_code = "conflict"
 
 
+class LengthRequired(OpenAIDjangoError):
+    status_code = 411
+    error_type = "invalid_request_error"
+    default_code = "length_required"
+    default_message = ("This server cannot read a chunked request body: send it with a "
+                       "Content-Length header.")
+
+
 class PayloadTooLarge(OpenAIDjangoError):
     status_code = 413
     error_type = "invalid_request_error"

@@ -230,6 +230,22 @@ class StreamRelay:
         self.parser = SSEParser()
         self.finished = False
         self._generator = None
+        self._every = app_settings.STREAM_CHECKPOINT_SECONDS
+        self._next_checkpoint = time.monotonic() + (self._every or 0)
+        self._saved = 0  # events saved by the last checkpoint
+
+    def _checkpoint(self):
+        """Every ``STREAM_CHECKPOINT_SECONDS``, save what was relayed so far (one UPDATE): a
+        crash of this process loses at most that much of the record."""
+        now = time.monotonic()
+        if now < self._next_checkpoint or len(self.parser.events) == self._saved:
+            return
+        self._next_checkpoint = now + self._every
+        self._saved = len(self.parser.events)
+        try:
+            recorder.checkpoint(self.call, self.parser.events)
+        except Exception:
+            logger.exception("Could not checkpoint the events of stream call %s", self.call.pk)
 
     def __iter__(self):
         self._generator = self._relay()
@@ -260,6 +276,8 @@ class StreamRelay:
                 for chunk in chunks:
                     self.parser.feed(chunk)
                     yield chunk
+                    if self._every is not None:
+                        self._checkpoint()
         except GeneratorExit:
             self._finish(Call.Outcome.CLIENT_DISCONNECTED)
             raise

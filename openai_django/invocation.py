@@ -6,6 +6,8 @@ Three builders make an :class:`Invocation` (:func:`from_request`, :func:`from_kw
 """
 
 import hashlib
+import io
+import json
 import mimetypes
 import os
 import re
@@ -22,7 +24,12 @@ from urllib3.filepost import encode_multipart_formdata
 
 from openai_django import kinds
 from openai_django.conf import app_settings
-from openai_django.errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType
+from openai_django.errors import (
+    InvalidRequest,
+    LengthRequired,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+)
 from openai_django.models import Artifact, Call
 
 MULTIPART_SLACK = 1024 * 1024  # room for the form fields and boundaries around the files
@@ -227,7 +234,7 @@ def from_request(request, operation, path_kwargs, *, user, api_key, started):
     try:
         _read_body(request, invocation)
         check(invocation, request.GET.dict())
-    except (InvalidRequest, PayloadTooLarge, UnsupportedMediaType) as exc:
+    except (InvalidRequest, LengthRequired, PayloadTooLarge, UnsupportedMediaType) as exc:
         exc.invocation = invocation
         raise
     if invocation.stream:
@@ -235,9 +242,19 @@ def from_request(request, operation, path_kwargs, *, user, api_key, started):
     return invocation
 
 
+def _body_limit(invocation):
+    op = invocation.operation
+    if op.is_multipart:
+        return file_limit(invocation) * max(1, len(op.file_fields)) + MULTIPART_SLACK
+    if invocation.raw:
+        return app_settings.MAX_FILE_BYTES
+    return app_settings.MAX_JSON_BYTES
+
+
 def _read_body(request, invocation):
     op = invocation.operation
     meta = request.META
+    _dechunk(request, _body_limit(invocation))
     content_type = meta.get("CONTENT_TYPE", "").split(";")[0].strip().lower()
     try:
         length = int(meta.get("CONTENT_LENGTH") or 0)
@@ -276,11 +293,69 @@ def _read_body(request, invocation):
 
 
 def parse_json(raw):
+    """The parsed body; a key given twice in one object is refused (400 naming it).
+
+    Validation reads the parsed value while the upstream gets the bytes as sent: with a key
+    twice, an upstream that keeps the first value would see one validation never checked.
+    orjson stays the parser (strict: no NaN, no lone surrogates); the standard library's C
+    scanner with a pairs hook only looks for repeats. Measured with ``timeit`` here
+    (2026-12-01): 10.3 us on a 340-byte chat body (orjson alone 1.6 us), 1.7 ms on 1 MB
+    (orjson alone 0.66 ms); a hand-made scan of the bytes would have to tokenize strings and
+    escapes to be right, and was not worth it at that price.
+    """
     try:
-        return orjson.loads(raw)
+        body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise InvalidRequest(f"We could not parse the JSON body of your request ({exc}). The "
                              f"OpenAI API expects a JSON payload.") from None
+    try:
+        json.loads(raw, object_pairs_hook=_unique_keys)
+    except _DuplicateKey as exc:
+        raise InvalidRequest(f"The JSON body gives the key '{exc.key}' more than once; send "
+                             f"each key once.", param=exc.key, code="duplicate_key") from None
+    return body
+
+
+class _DuplicateKey(ValueError):
+    def __init__(self, key):
+        super().__init__(key)
+        self.key = key
+
+
+def _unique_keys(pairs):
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        seen = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _DuplicateKey(key)
+            seen.add(key)
+    return result
+
+
+def _dechunk(request, limit):
+    """A body sent with ``Transfer-Encoding: chunked`` (no ``Content-Length``): read it whole
+    when the server hands over a terminated input (gunicorn, granian and other WSGI servers
+    de-chunk it; ASGI servers always do), else 411. Django itself reads no body without a
+    length, which made a chunked upload look empty (a misleading 400)."""
+    meta = request.META
+    if "chunked" not in meta.get("HTTP_TRANSFER_ENCODING", "").lower() \
+            or meta.get("CONTENT_LENGTH"):
+        return
+    environ = getattr(request, "environ", None)
+    if "wsgi.input" in (environ or {}):
+        if not environ.get("wsgi.input_terminated"):
+            raise LengthRequired()
+        stream = environ["wsgi.input"]
+    else:
+        stream = request._stream  # ASGI: the server already collected the body
+    raw = stream.read(limit + 1)
+    if len(raw) > limit:
+        raise PayloadTooLarge(f"The request body is over {limit} bytes, the limit for this "
+                              f"operation.")
+    request._stream = io.BytesIO(raw)
+    request._read_started = False
+    meta["CONTENT_LENGTH"] = str(len(raw))
 
 
 def _read_multipart(request, invocation, content_type, length):

@@ -246,6 +246,10 @@ class Call(models.Model):
     idempotency_key = models.CharField(_("idempotency key"), max_length=255, blank=True)
     request_hash = models.CharField(_("request hash"), max_length=64, blank=True)
     task_id = models.CharField(_("task id"), max_length=64, blank=True)
+    holder = models.CharField(
+        _("served by"), max_length=100, blank=True,
+        help_text=_("host:pid:start of the web process serving a sync or stream call, so a "
+                    "call orphaned by a crashed process is found and finished."))
     callback = models.CharField(_("callback task"), max_length=200, blank=True)
 
     target_type = models.ForeignKey(

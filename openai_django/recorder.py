@@ -14,7 +14,7 @@ import orjson
 from django.db import transaction
 from django.utils import timezone
 
-from openai_django import kinds, signals
+from openai_django import kinds, process, signals
 from openai_django.artifacts import failed_artifact, fetch_image, save_artifact
 from openai_django.conf import app_settings
 from openai_django.models import Artifact, Call
@@ -94,6 +94,8 @@ def start(invocation, *, status=Call.Status.RUNNING, keep_payload=False):
     call.idempotency_key = invocation.idempotency_key or ""
     call.request_hash = invocation.request_hash() if invocation.idempotency_key else ""
     call.callback = invocation.callback or ""
+    if status == Call.Status.RUNNING:
+        call.holder = process.identity()
     if invocation.target is not None:
         call.target = invocation.target
     if bodies:
@@ -388,6 +390,20 @@ def fail(call, exc, *, started=None, outcome=None, response=None, events=None,
     Call.objects.save_fields(call, FINISH_FIELDS)
     _send_signal(call)
     return call
+
+
+def checkpoint(call, events):
+    """Save the events of a stream relayed so far (and the text they make), so a process
+    that dies mid-stream leaves them in the record: the relay calls this every
+    ``STREAM_CHECKPOINT_SECONDS``."""
+    if getattr(call, "unrecorded", False) or call.metadata_only \
+            or not app_settings.RECORD_STREAM_EVENTS:
+        return
+    kind = _kind(call)
+    call.stream_events = redact(list(events), call, "stream_events")
+    call.output_text = redact(kind.assemble(events, call.request_body).text, call,
+                              "output_text")
+    Call.objects.save_fields(call, ("stream_events", "output_text"))
 
 
 def _send_signal(call):

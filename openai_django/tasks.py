@@ -24,7 +24,6 @@ starts, which recovers at once the calls of dead processes on its own host.
 import logging
 import os
 import random
-import socket
 import time
 from datetime import datetime, timedelta
 from datetime import timezone as dt_timezone
@@ -36,14 +35,14 @@ from celery.signals import worker_ready
 from django.db import close_old_connections, transaction
 from django.utils import timezone
 
-from openai_django import concurrency, gateway, invocation, kinds, recorder
+from openai_django import concurrency, gateway, invocation, kinds, process, recorder
 from openai_django.conf import app_settings
 from openai_django.errors import Conflict, OpenAIDjangoError, UpstreamTimeout, UpstreamUnavailable
 from openai_django.models import Artifact, Call
+from openai_django.process import HOST, _own_start, _pid_alive, _proc_start  # noqa: F401
 
 logger = logging.getLogger("openai_django.tasks")
 
-HOST = socket.gethostname()
 # Statuses worth another attempt besides every 5xx (those the official SDKs retry too).
 RETRY_STATUSES = frozenset({408, 409, 429})
 
@@ -400,57 +399,12 @@ def retry_plan(attempt, response):
 # -- recovery ------------------------------------------------------------------------------
 
 
-def _proc_stat(pid):
-    """``(state, start time)`` of a process from ``/proc``, or ``None`` if it does not exist
-    (or there is no ``/proc``)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            data = handle.read().decode("ascii", "replace")
-    except OSError:
-        return None
-    fields = data[data.rfind(")") + 2:].split()
-    return fields[0], fields[19]
-
-
-def _proc_start(pid):
-    stat = _proc_stat(pid)
-    return stat[1] if stat else None
-
-
-_own = {}
-
-
-def _own_start(pid):
-    """This process's start time, read once per process (a forked child has a new pid)."""
-    if pid not in _own:
-        _own.clear()
-        _own[pid] = _proc_start(pid)
-    return _own[pid]
-
-
-def _pid_alive(pid, start=None):
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    stat = _proc_stat(pid)
-    if stat is None:
-        if os.path.isdir("/proc"):
-            return False
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
-    state, started = stat
-    if state in ("Z", "X"):
-        return False  # killed, not yet reaped by its parent
-    return start is None or started == start  # a different start time: the pid was reused
-
-
 def holder_state(call):
-    """Whether the process that took the call's current attempt is ``"alive"``, ``"dead"``
-    or ``"unknown"`` (it ran on another host: only time tells, see the sweep)."""
+    """Whether the process that took the call's current attempt (or, for a sync or stream
+    call, the web process serving it) is ``"alive"``, ``"dead"`` or ``"unknown"`` (it ran on
+    another host: only time tells, see the sweep)."""
+    if call.mode != Call.Mode.ASYNC:
+        return process.holder_state(call.holder)
     entry = call.attempts[-1] if call.attempts else None
     if not isinstance(entry, dict) or entry.get("host") != HOST:
         return "unknown"
@@ -527,11 +481,15 @@ def sweep():
             elif call.outcome == Call.Outcome.LOST:
                 counts["lost"] += 1
         else:
-            error = CallLost("The process serving this call was lost before it finished.")
-            if stale and Call.objects.transition(call, {"status": Call.Status.RUNNING},
-                                             status=Call.Status.FAILED,
-                                             outcome=Call.Outcome.LOST,
-                                             error=error.body()["error"], finished_at=now):
+            # A sync or stream call: its client is gone with the process that served it. The
+            # events relayed before the crash were checkpointed; they stay in the record.
+            if not stale and holder_state(call) != "dead":
+                continue
+            error = CallLost("The process serving this call was lost before it finished: "
+                             "what the upstream did with it is unknown.")
+            if Call.objects.transition(call, {"status": Call.Status.RUNNING},
+                                       status=Call.Status.FAILED, outcome=Call.Outcome.LOST,
+                                       error=error.body()["error"], finished_at=now):
                 recorder.fail(call, error, outcome=Call.Outcome.LOST)
                 counts["lost"] += 1
     if app_settings.STALE_QUEUED_AFTER is not None:
