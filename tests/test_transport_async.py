@@ -121,6 +121,33 @@ def test_admin_sends_the_admin_key(aio, settings):
     assert aio.requests()[-1]["headers"]["authorization"].endswith("9999")
 
 
+def test_large_body_is_sent_whole(aio):
+    big = orjson.dumps({"model": "gpt-4o-mini",
+                        "messages": [{"role": "user", "content": "x" * 300_000}]})
+
+    async def main():
+        return await get_async_client().send("POST", "/chat/completions", body=big,
+                                             content_type=JSON)
+
+    assert run(main()).status == 200
+    assert aio.requests()[-1]["body_bytes"] == len(big)
+
+
+def test_header_injection_is_refused(aio):
+    async def main():
+        await get_async_client().send("GET", "/models", headers={"X-A": "1\r\nX-B: 2"})
+
+    with pytest.raises(ValueError):
+        run(main())
+    with pytest.raises(ValueError):
+        run(get_async_client_send_target("/models HTTP/1.1\r\nX: y"))
+    assert aio.requests() == []
+
+
+async def get_async_client_send_target(path):
+    await get_async_client().send("GET", path)
+
+
 def test_http_error_status_is_a_response(aio):
     aio.fault(path="/v1/chat/completions", kind="status", status=429, retry_after=3)
     response = run(chat())
@@ -382,6 +409,27 @@ def test_aclose_mid_stream_closes_the_connection(aio):
     gone, opened, took = run(main())
     assert gone and took < 1.0  # well before the stream's own 5 s end
     assert opened == 2
+
+
+def test_aclose_from_another_task_ends_a_pending_read(aio):
+    async def main():
+        response = await open_stream(events=50, gap_ms=200)
+        chunks = []
+
+        async def relay():
+            async for chunk in response.raw:
+                chunks.append(chunk)
+
+        task = asyncio.ensure_future(relay())
+        await asyncio.sleep(0.1)
+        started = time.perf_counter()
+        await response.raw.aclose()
+        with pytest.raises(UpstreamUnavailable):
+            await task
+        return time.perf_counter() - started, len(chunks)
+
+    took, received = run(main())
+    assert took < 0.15 and received == 1
 
 
 def test_cancelled_send_drops_its_connection(aio):

@@ -36,6 +36,7 @@ read to close; 1xx skipped; no upgrades, no pipelining, no compression asked for
 
 import asyncio
 import logging
+import re
 import select
 import ssl
 import sys
@@ -55,6 +56,10 @@ logger = logging.getLogger("openai_django.transport")
 # The longest head (status line and headers) or chunk-size line accepted from the upstream.
 MAX_LINE = 1 << 20
 READ_SIZE = 1 << 16
+# A body up to this size goes out in the same write as the head; a larger one is not copied.
+SMALL_BODY = 1 << 16
+# As http.client: no control characters or spaces in the request target.
+_BAD_TARGET = re.compile("[\x00-\x20\x7f]").search
 _NO_BODY_STATUS = frozenset((204, 304))
 
 if sys.version_info >= (3, 11):
@@ -200,8 +205,12 @@ class AsyncStreamHandle:
             conn.close()
 
     async def aclose(self):
+        """Drop the connection now; a read pending in another task ends at once."""
         self._drop()
-        await self._body.aclose()
+        try:
+            await self._body.aclose()
+        except RuntimeError:  # being iterated by another task: it sees the close itself
+            pass
 
     @property
     def closed(self):
@@ -251,6 +260,8 @@ class AsyncUpstreamClient:
             out["OpenAI-Organization"] = self.organization
         if content_type:
             out["Content-Type"] = content_type
+        if _BAD_TARGET(target) or not method.isalpha():
+            raise ValueError(f"invalid request line: {method!r} {target!r}")
         lines = [f"{method} {target} HTTP/1.1"]
         if "host" not in names:
             lines.append(f"Host: {self.host_header}")
@@ -260,7 +271,10 @@ class AsyncUpstreamClient:
             lines.append(f"Content-Length: {len(body) if body is not None else 0}")
         for name, value in out.items():
             if name.lower() not in ("content-length", "transfer-encoding"):
-                lines.append(f"{name}: {value}")
+                line = f"{name}: {value}"
+                if "\r" in line or "\n" in line:  # as http.client: no header injection
+                    raise ValueError(f"invalid header {name!r}")
+                lines.append(line)
         lines.append("\r\n")
         return "\r\n".join(lines).encode("latin-1")
 
@@ -280,9 +294,10 @@ class AsyncUpstreamClient:
             body = body.read()  # a file-like body, as http.client takes one
         request = self._head(method, self.target(path, query), headers, content_type, admin,
                              body)
-        if body:
-            request += body
-        conn, status, headers_out, framing, length = await self._request(method, request)
+        if body and len(body) <= SMALL_BODY:
+            request, body = request + body, None  # one write, one segment
+        conn, status, headers_out, framing, length = await self._request(method, request,
+                                                                         body or None)
         response = UpstreamResponse(status=status, headers=headers_out,
                                     first_byte_ms=(time.perf_counter() - start) * 1000)
         if stream and headers_out.get("content-type", "").startswith("text/event-stream"):
@@ -305,7 +320,7 @@ class AsyncUpstreamClient:
         response.elapsed_ms = (time.perf_counter() - start) * 1000
         return response
 
-    async def _request(self, method, request):
+    async def _request(self, method, request, body=None):
         """Write the request, read the answer's head: ``(conn, status, headers, framing,
         length)``.
 
@@ -323,10 +338,14 @@ class AsyncUpstreamClient:
                 raise _failure(exc) from exc
             try:
                 conn.writer.write(request)
+                if body is not None:
+                    conn.writer.write(body)
                 await conn.writer.drain()
             except (BrokenPipeError, ConnectionResetError) as exc:
                 conn.close()
                 if reused and attempt == 1:
+                    logger.debug("A kept connection to the upstream failed on write (%s); "
+                                 "sending on a new one.", _reason(exc))
                     continue
                 raise _failure(exc) from exc
             except OSError as exc:
