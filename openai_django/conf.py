@@ -30,6 +30,11 @@ DEFAULTS = {
     "READ_TIMEOUT": 600.0,
     # Size of the pooled keep-alive connection pool to the upstream (per process).
     "POOL_SIZE": 64,
+    # The gateway's transport: "auto" serves async views under ASGI (the URLconf is loaded on
+    # the event loop) and sync ones under WSGI; "sync" or "async" forces one.
+    "TRANSPORT": "auto",
+    # Threads of the database pool the async transport runs the record in (per process).
+    "DB_THREADS": 8,
     # Request headers forwarded upstream as sent by the client (lower-case names).
     "FORWARD_HEADERS": ["openai-organization", "openai-beta", "openai-project", "user-agent"],
     # Upstream response headers kept in the record and passed back to the client.

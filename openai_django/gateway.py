@@ -73,6 +73,17 @@ class Result:
 def run(invocation):
     """Answer one invocation: performed now (sync or stream), or queued (background), or, for
     an ``Idempotency-Key`` already used by the same user, the record of that call."""
+    begun = begin(invocation)
+    if isinstance(begun, Result):
+        return begun
+    return perform(invocation, begun)
+
+
+def begin(invocation):
+    """Everything before the upstream is asked: the ``Idempotency-Key`` (a :class:`Result`
+    from the record when it was used), a background call queued (its :class:`Result`), or
+    the record written first: returns the running :class:`Call` to :func:`perform` (or, on
+    an event loop, :func:`aperform`)."""
     existing = _idempotent(invocation)
     if existing is not None:
         return existing
@@ -81,7 +92,7 @@ def run(invocation):
             from openai_django import tasks
 
             return Result(tasks.submit_invocation(invocation), 202, {}, queued=True)
-        return perform(invocation)
+        return recorder.start(invocation)
     except IntegrityError as exc:
         # A concurrent request with the same Idempotency-Key won the insert.
         existing = _idempotent(invocation)
@@ -197,6 +208,12 @@ def perform(invocation, call=None, *, retry=None):
     if response.raw is not None:
         relay = StreamRelay(call, response, invocation.started)
         return Result(call, response.status, _client_headers(response, call), stream=relay)
+    return settle(call, invocation, response, outcome)
+
+
+def settle(call, invocation, response, outcome=None):
+    """Finish the record of a whole answer and return the caller's :class:`Result` (the
+    last step of :func:`perform` and :func:`aperform`)."""
     try:
         recorder.finish(call, response, started=invocation.started, outcome=outcome)
     except Exception as exc:
@@ -303,3 +320,114 @@ class StreamRelay:
             raw.close()
             raw.release_conn()
             self._finish(Call.Outcome.CLIENT_DISCONNECTED)
+
+
+# -- the async transport (ASGI) ------------------------------------------------------------
+#
+# The same life, on an event loop: the upstream is asked with the async client, and every
+# step of the record runs in the database pool (openai_django/threads.py), so a process holds
+# thousands of streams with a bounded number of threads and connections.
+
+
+async def asend(invocation):
+    """:func:`send` with the async client."""
+    from openai_django.transport import get_async_client
+
+    op = invocation.operation
+    body, content_type = invocation.upstream_body()
+    return await get_async_client().send(
+        op.method, op.upstream_path(invocation.path_kwargs), query=invocation.query,
+        headers={k: v for k, v in invocation.headers.items()
+                 if k in app_settings.FORWARD_HEADERS},
+        body=body, content_type=content_type, stream=invocation.stream, admin=op.admin,
+    )
+
+
+async def arun(invocation):
+    """:func:`run` on an event loop."""
+    from openai_django.threads import db
+
+    begun = await db(begin)(invocation)
+    if isinstance(begun, Result):
+        return begun
+    return await aperform(invocation, begun)
+
+
+async def aperform(invocation, call):
+    """:func:`perform` on an event loop: one attempt, the record finished in every
+    outcome."""
+    from openai_django.threads import db
+
+    call.kind = invocation.kind
+    try:
+        response = await asend(invocation)
+    except Exception as exc:
+        await db(recorder.fail)(call, exc, started=invocation.started)
+        if isinstance(exc, OpenAIDjangoError):
+            exc.call = call
+        raise
+    if response.raw is not None:
+        relay = AsyncStreamRelay(call, response, invocation.started)
+        return Result(call, response.status, _client_headers(response, call), stream=relay)
+    return await db(settle)(call, invocation, response)
+
+
+class AsyncStreamRelay(StreamRelay):
+    """:class:`StreamRelay` on an event loop: ``async for`` yields the upstream's bytes as
+    they arrive. A client that hangs up cancels the relay (Django's ASGI handler listens for
+    ``http.disconnect``): the upstream request is closed at once and the call finished as
+    ``client_disconnected``, without waiting for the upstream's next event."""
+
+    __iter__ = None  # Django tries iter() first: this relay is async only
+
+    def __aiter__(self):
+        import asyncio
+
+        self._loop = asyncio.get_running_loop()
+        return self._arelay()
+
+    async def _arelay(self):
+        import asyncio
+
+        from openai_django.threads import db
+
+        raw = self.response.raw
+        try:
+            async for chunk in raw:
+                self.parser.feed(chunk)
+                yield chunk
+                if self._every is not None and time.monotonic() >= self._next_checkpoint:
+                    await db(self._checkpoint)()
+        except (asyncio.CancelledError, GeneratorExit):
+            await asyncio.shield(self._aclose_upstream(Call.Outcome.CLIENT_DISCONNECTED))
+            raise
+        except (UpstreamTimeout, UpstreamUnavailable, OSError) as exc:
+            timed_out = isinstance(exc, (UpstreamTimeout, TimeoutError))
+            error = (UpstreamTimeout("The upstream API stopped sending its stream.")
+                     if timed_out else
+                     UpstreamUnavailable(f"The upstream API broke off its stream: {exc}"))
+            await raw.aclose()
+            await db(self._finish)(
+                Call.Outcome.TIMEOUT if timed_out else Call.Outcome.STREAM_BROKEN, error)
+            yield b"data: " + orjson.dumps(error.body()) + b"\n\n"
+            return
+        await db(self._finish)(Call.Outcome.OK)
+
+    async def _aclose_upstream(self, outcome):
+        from openai_django.threads import db
+
+        await self.response.raw.aclose()
+        if not self.finished:
+            await db(self._finish)(outcome)
+
+    def close(self):
+        """Called by Django (in a thread) when the response is closed: finishes the record
+        if the relay did not (it never started, or was dropped)."""
+        if self.finished:
+            return
+        import asyncio
+
+        loop = getattr(self, "_loop", None)
+        if loop is not None and loop.is_running():
+            asyncio.run_coroutine_threadsafe(self.response.raw.aclose(), loop)
+        self._finish(Call.Outcome.CLIENT_DISCONNECTED)

@@ -5,10 +5,13 @@ Include them with ``path("", include("openai_django.urls"))`` (or under a prefix
 choosing: clients then use ``https://site/<prefix>/v1`` as their base URL).
 """
 
+import asyncio
+
 from django.db import transaction
 from django.urls import path, re_path
 
 from openai_django import views
+from openai_django.conf import app_settings
 from openai_django.spec import get_registry
 
 app_name = "openai_django"
@@ -20,10 +23,29 @@ def _view(view_class, **initkwargs):
     return transaction.non_atomic_requests(view_class.as_view(**initkwargs))
 
 
+def serves_async():
+    """Whether this process serves the operations with the async views: ``TRANSPORT`` says,
+    and "auto" answers by where this URLconf is loaded, on an event loop (an ASGI server's
+    first request) or not (WSGI, management commands, tests)."""
+    mode = app_settings.TRANSPORT
+    if mode != "auto":
+        return mode == "async"
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+ASYNC = serves_async()
+OPERATION_VIEW = views.AsyncOperationView if ASYNC else views.OperationView
+PASSTHROUGH_VIEW = views.AsyncPassthroughView if ASYNC else views.PassthroughView
+
+
 def _operation_patterns():
     patterns = []
     for operations in get_registry().by_path().values():
-        view = _view(views.OperationView, operations=operations)
+        view = _view(OPERATION_VIEW, operations=operations)
         route = "v1/" + next(iter(operations.values())).route
         # One pattern per operation, all to the same view, so reverse() works by operationId;
         # the first one resolves every method of the path.
@@ -43,5 +65,5 @@ urlpatterns = [
     path("v1/calls/<str:call_id>/artifacts/<str:artifact_id>", _view(views.ArtifactContentView),
          name="call-artifact"),
     *_operation_patterns(),
-    re_path(r"^v1/", _view(views.PassthroughView), name="passthrough"),
+    re_path(r"^v1/", _view(PASSTHROUGH_VIEW), name="passthrough"),
 ]

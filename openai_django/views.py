@@ -13,7 +13,6 @@ import uuid
 import orjson
 from django.http import FileResponse, HttpResponse, StreamingHttpResponse
 from django.urls import reverse
-from django.utils.decorators import method_decorator
 from django.views import View
 from django.views.decorators.csrf import csrf_exempt
 from rest_framework.permissions import IsAuthenticated
@@ -47,11 +46,16 @@ def json_response(data, status=200, headers=None):
     return response
 
 
-@method_decorator(csrf_exempt, name="dispatch")  # bearer keys, never cookies: no CSRF to check
 class OperationView(View):
     """Serves the operations of one spec path, by method (``operations = {"GET": op, ...}``)."""
 
     operations = {}
+
+    @classmethod
+    def as_view(cls, **initkwargs):
+        # Bearer keys, never cookies: there is no CSRF to check (for every subclass's
+        # dispatch, sync or async).
+        return csrf_exempt(super().as_view(**initkwargs))
 
     def dispatch(self, request, *args, **kwargs):
         started = time.perf_counter()
@@ -86,7 +90,6 @@ class OperationView(View):
         return to_response(gateway.run(call))
 
 
-@method_decorator(csrf_exempt, name="dispatch")  # its own dispatch: exempt it again
 class PassthroughView(OperationView):
     """Any path under /v1/ that neither spec describes (``PASSTHROUGH = "record"``)."""
 
@@ -99,6 +102,50 @@ class PassthroughView(OperationView):
     def dispatch(self, request, *args, **kwargs):
         # The unknown path's own parts are not path parameters of an operation.
         return super().dispatch(request)
+
+
+class AsyncOperationView(OperationView):
+    """:class:`OperationView` as a coroutine, served under ASGI (``TRANSPORT``): the key, the
+    body and the record's start run in the database pool in one hop, the upstream is asked on
+    the event loop, and a stream is relayed event by event as it arrives."""
+
+    # Django reads a view's mode from its handler methods; this one has only ``dispatch``.
+    view_is_async = True
+
+    async def dispatch(self, request, *args, **kwargs):
+        from openai_django.threads import db
+
+        started = time.perf_counter()
+        try:
+            begun = await db(self.begin)(request, kwargs, started)
+            if isinstance(begun, gateway.Result):
+                return to_response(begun)
+            invocation_, call = begun
+            return to_response(await gateway.aperform(invocation_, call))
+        except Exception as exc:
+            return exception_handler(exc)
+
+    def begin(self, request, path_kwargs, started):
+        """Key, operation, body and the record first: ``(invocation, call)``, or the
+        :class:`~openai_django.gateway.Result` when there is nothing to send."""
+        key = authenticate_key(request.META.get("HTTP_AUTHORIZATION", ""))
+        operation = self.operation_for(request, key)
+        try:
+            built = invocation.from_request(request, operation, path_kwargs, user=key.user,
+                                            api_key=key, started=started)
+        except OpenAIDjangoError as exc:
+            if getattr(exc, "invocation", None) is not None:
+                exc.call = recorder.reject(exc.invocation, exc)
+            raise
+        begun = gateway.begin(built)
+        return begun if isinstance(begun, gateway.Result) else (built, begun)
+
+
+class AsyncPassthroughView(AsyncOperationView):
+    operation_for = PassthroughView.operation_for
+
+    async def dispatch(self, request, *args, **kwargs):
+        return await super().dispatch(request)
 
 
 def _is_admin_path(path):
