@@ -22,16 +22,19 @@ other work at load average about 2, so p99 and the stream gaps carry scheduling 
     httpx 0.28     811 us   6.1 ms    803 us         601    1,473 us         350      2.34 ms
     httpx2 2.16    634 us   6.6 ms    640 us       1,034      614 us         418      8.02 ms
 
+A second run minutes later (own, aiohttp, httpx): c=1 p50 171 / 242 / 771 us, CPU per call
+119 / 177 / 772 us, c=32 9,170 / 5,918 / 545 calls/s, c=256 13,734 / 4,670 / 382 calls/s.
 (TTFE+: time to the first event beyond the stand-in's 5 ms; the mean gap between events was
-0.27-0.31 ms over the 2 ms pacing for all four, the scheduler's share; no errors anywhere.)
-aiohttp is the well-kept candidate and correct here, but it spends 1.7x our CPU per call at
-c=1 and 2.3x at c=32 (its session, tracing hooks, cookie jar and ``ClientResponse`` on every
-call) and gives half our throughput at c=256: on this 2-core machine that is most of a core
-at the gateway's rates. httpx's async client (httpcore on anyio) costs 7x ours and loses
-40-60% of its throughput from c=32 to c=256, as PERF.md found. What we keep instead is
-small: the framing rules of RFC 9112 a JSON API answer uses (``Content-Length``, chunked,
-read to close; 1xx skipped; no upgrades, no pipelining, no compression asked for:
-``Accept-Encoding: identity`` as ``http.client`` sends).
+0.21-0.31 ms over the 2 ms pacing for all of them, the scheduler's share; no errors anywhere.)
+aiohttp is the well-kept candidate and correct here, but it spends 1.5-1.7x our CPU per call
+at c=1 and 2.2-2.3x at c=32 (its session, tracing hooks, cookie jar and ``ClientResponse`` on
+every call; 60-80 us more a call, about 0.1 of a core at 1,500 calls a second) and gives a
+third to a half of our throughput at c=256, and it would be a new compiled dependency with
+five of its own. httpx's async client (httpcore on anyio) costs 6.5-7x ours and loses 30-40%
+of its throughput from c=32 to c=256, as PERF.md found. What we keep instead is small: the
+framing rules of RFC 9112 a JSON API answer uses (``Content-Length``, chunked, read to close;
+1xx skipped; no upgrades, no pipelining, no compression asked for: ``Accept-Encoding:
+identity`` as ``http.client`` sends).
 """
 
 import asyncio
