@@ -1,6 +1,6 @@
 """Async upstream clients side by side, on the gateway's own path.
 
-``.venv/bin/python -m bench.async_client_bench [--seconds 3] [--only own,aiohttp,httpx]``
+``.venv/bin/python -m bench.async_client_bench [--seconds 3] [--only own,aiohttp,httpx] [--tls]``
 
 Against the stand-in upstream (``StandinServer(fast=True)``, its own process), from one
 process on one event loop: POST ``/v1/chat/completions`` JSON at c=1 (p50/p99 per call and
@@ -19,6 +19,7 @@ import asyncio
 import gc
 import json
 import os
+import ssl
 import statistics
 import sys
 import time
@@ -42,10 +43,11 @@ STREAM_HEADERS = {"Content-Type": "application/json", "X-Standin-Events": str(EV
 class Own:
     name = "own"
 
-    def __init__(self, url):
+    def __init__(self, url, context):
         from openai_django.transport import AsyncUpstreamClient
 
-        self.client = AsyncUpstreamClient(url, KEY, pool_size=256, read_timeout=30)
+        self.client = AsyncUpstreamClient(url, KEY, pool_size=256, read_timeout=30,
+                                          ssl_context=context)
 
     async def post(self):
         response = await self.client.send("POST", "/chat/completions", body=BODY,
@@ -66,11 +68,12 @@ class Own:
 class Aiohttp:
     name = "aiohttp"
 
-    def __init__(self, url):
+    def __init__(self, url, context):
         import aiohttp
 
         self.url = url + "/chat/completions"
-        connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=60)
+        connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=60,
+                                         ssl=context if context is not None else True)
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=30)
         self.session = aiohttp.ClientSession(
             connector=connector, timeout=timeout,
@@ -96,12 +99,13 @@ class Httpx:
     name = "httpx"
     module = "httpx"
 
-    def __init__(self, url):
+    def __init__(self, url, context):
         httpx = __import__(self.module)
         self.url = url + "/chat/completions"
         limits = httpx.Limits(max_connections=None, max_keepalive_connections=256)
         self.client = httpx.AsyncClient(
             limits=limits, timeout=httpx.Timeout(30, connect=10),
+            verify=context if context is not None else True,
             headers={"Authorization": f"Bearer {KEY}", "User-Agent": "bench"})
 
     async def post(self):
@@ -186,8 +190,8 @@ async def streams(client, rounds):
             "gap_p99_over_ms": pct(gaps, 0.99)}
 
 
-async def run_one(cls, url, seconds, stream_rounds):
-    client = cls(url)
+async def run_one(cls, url, context, seconds, stream_rounds):
+    client = cls(url, context)
     try:
         out = {"c1": await sequential(client, seconds)}
         for c in (32, 256):
@@ -224,12 +228,17 @@ def main(argv=None):
     parser.add_argument("--seconds", type=float, default=3.0, help="per measurement")
     parser.add_argument("--streams", type=int, default=30, help="20-event streams per client")
     parser.add_argument("--only", default="", help="comma-separated: " + ",".join(CANDIDATES))
+    parser.add_argument("--tls", action="store_true",
+                        help="over the stand-in's TLS listener (its certificate trusted)")
     parser.add_argument("--json", help="also write the results here")
     opts = parser.parse_args(argv)
     names = [n for n in (opts.only.split(",") if opts.only else CANDIDATES) if n]
     results = {}
-    with StandinServer(fast=True) as standin:
+    with StandinServer(fast=True, tls=opts.tls) as standin:
         pin(standin)
+        url, context = standin.url, None
+        if opts.tls:
+            url, context = standin.tls_url, ssl.create_default_context(cafile=standin.ca_file)
         for name in names:
             cls = CANDIDATES[name]
             try:
@@ -239,9 +248,10 @@ def main(argv=None):
                 print(f"{name}: not installed, skipped", file=sys.stderr)
                 continue
             gc.collect()
-            results[name] = asyncio.run(run_one(cls, standin.url, opts.seconds, opts.streams))
+            results[name] = asyncio.run(run_one(cls, url, context, opts.seconds, opts.streams))
             print(f"{name} done", file=sys.stderr)
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, "
+          f"{'TLS' if opts.tls else 'plain HTTP'}, "
           f"{opts.seconds:g} s a figure, streams: {EVENTS} events, ttft {TTFT_MS:g} ms, "
           f"gap {GAP_MS:g} ms (TTFE+/gap+: over the stand-in's pacing)")
     print(table(results))

@@ -24,6 +24,9 @@ other work at load average about 2, so p99 and the stream gaps carry scheduling 
 
 A second run minutes later (own, aiohttp, httpx): c=1 p50 171 / 242 / 771 us, CPU per call
 119 / 177 / 772 us, c=32 9,170 / 5,918 / 545 calls/s, c=256 13,734 / 4,670 / 382 calls/s.
+Over TLS (``--tls``, the stand-in's certificate trusted; the real upstream's path): c=1 p50
+234 / 355 / 857 us, CPU per call 131 / 254 / 853 us, c=32 14,954 / 7,728 / 429 calls/s,
+c=256 15,175 / 4,308 / 246 calls/s.
 (TTFE+: time to the first event beyond the stand-in's 5 ms; the mean gap between events was
 0.21-0.31 ms over the 2 ms pacing for all of them, the scheduler's share; no errors anywhere.)
 aiohttp is the well-kept candidate and correct here, but it spends 1.5-1.7x our CPU per call
