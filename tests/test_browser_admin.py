@@ -95,7 +95,11 @@ def test_read_replay_and_compare_in_a_browser(page, live_server, admin_user, sdk
     generated = page.locator(".od-generated img")
     assert generated.count() == 2
     for index in range(2):
-        assert generated.nth(index).evaluate("img => img.complete && img.naturalWidth") > 0
+        # Wait for each image (off-screen ones load late under load), then check it decoded.
+        handle = generated.nth(index).element_handle()
+        handle.scroll_into_view_if_needed()
+        page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=handle,
+                               timeout=15000)
     full = page.locator(".od-generated a").first.get_attribute("href")
     assert "/artifacts/" in full and full.endswith("?inline=1")
     shot(page, screenshots_dir, "03-image-call")
