@@ -254,6 +254,7 @@ def test_idle_connection_closed_by_the_upstream_is_replaced():
         finally:
             await client.aclose()
             server.close()
+            await asyncio.sleep(0.1)  # the server's handlers close their ends
 
     assert run(main()) == (b"ok", b"ok", 2)
     assert len(seen) == 2
