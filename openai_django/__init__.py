@@ -1,17 +1,17 @@
 """openai-django: the OpenAI API behind a Django site's own walls.
 
-The public Python API (``create``, ``submit``) lives in :mod:`openai_django.api` and is
-imported lazily here so that ``import openai_django`` never touches Django settings or models
-before the app registry is ready.
+The public Python API (``create``, ``submit``; ``acreate``, ``asubmit`` for async code)
+lives in :mod:`openai_django.api` and is imported lazily here so that ``import openai_django``
+never touches Django settings or models before the app registry is ready.
 """
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "create", "submit"]
+__all__ = ["__version__", "acreate", "asubmit", "create", "submit"]
 
 
 def __getattr__(name):
-    if name in ("create", "submit"):
+    if name in ("create", "submit", "acreate", "asubmit"):
         from openai_django import api
 
         return getattr(api, name)

@@ -36,7 +36,8 @@ from openai_django.sse import SSEParser
 
 logger = logging.getLogger("openai_django.api")
 
-__all__ = ["Response", "StreamResponse", "build_invocation", "create", "submit"]
+__all__ = ["AsyncStreamResponse", "Response", "StreamResponse", "acreate", "asubmit",
+           "build_invocation", "create", "submit"]
 
 #: An invocation from Python arguments, checked like an HTTP request (see
 #: :func:`openai_django.invocation.from_kwargs`).
@@ -138,3 +139,58 @@ def submit(operation, /, **kwargs):
     ``call_failed`` signals (sent by the worker) or the ``callback`` task.
     """
     return gateway.run(from_kwargs(operation, mode=Call.Mode.ASYNC, **kwargs)).call
+
+
+class AsyncStreamResponse(StreamResponse):
+    """The answer of :func:`acreate` with ``stream=True``: ``async for`` the parsed events as
+    the upstream sends them; ``await aclose()`` (or ``async with``) ends it early."""
+
+    def __iter__(self):
+        raise TypeError("an async stream: use 'async for'")
+
+    async def __aiter__(self):
+        seen = 0
+        async for chunk in self._relay:
+            self._parser.feed(chunk)
+            events = self._parser.events
+            while seen < len(events):
+                yield orjson.loads(events[seen])
+                seen += 1
+
+    async def aclose(self):
+        from openai_django.threads import db
+
+        await self._relay._aclose_upstream(Call.Outcome.CLIENT_DISCONNECTED)
+        await db(lambda: None)()  # the record's finish ran in the pool: it is done
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, *exc):
+        if not self._relay.finished:
+            await self.aclose()
+
+
+async def acreate(operation, /, **kwargs):
+    """:func:`create` for async code (a site's own async views): the same keywords, the same
+    record; the upstream is asked on the event loop and the record is written in the
+    database pool, so the loop is never blocked. Returns a :class:`Response`, or an
+    :class:`AsyncStreamResponse` when the body asks to ``stream``."""
+    from openai_django.threads import db
+
+    invocation = await db(from_kwargs)(operation, **kwargs)
+    result = await gateway.arun(invocation)
+    if result.stream is not None:
+        return AsyncStreamResponse(result)
+    if not 200 <= result.status < 300:
+        raise UpstreamStatusError.from_response(result.status, await db(result.content)(),
+                                                call=result.call)
+    return await db(Response)(result)
+
+
+async def asubmit(operation, /, **kwargs):
+    """:func:`submit` for async code: the call is recorded as ``queued`` and a worker performs
+    it; returns the :class:`~openai_django.models.Call`."""
+    from openai_django.threads import db
+
+    return await db(submit)(operation, **kwargs)
