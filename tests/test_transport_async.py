@@ -260,6 +260,34 @@ def test_idle_connection_closed_by_the_upstream_is_replaced():
     assert len(seen) == 2
 
 
+@pytest.mark.parametrize("answer", [
+    b"SSH-2.0-OpenSSH_9.2\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nbroken header\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nshort",
+    b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n",
+])
+def test_an_answer_that_is_not_http_is_upstream_unavailable(answer):
+    async def main():
+        async def reply(reader, writer):
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(answer)
+            await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(reply, "127.0.0.1", 0)
+        client = AsyncUpstreamClient(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}",
+                                     "sk-x")
+        try:
+            with pytest.raises(UpstreamUnavailable):
+                await client.send("GET", "/models")
+            assert client.pool.idle == 0
+        finally:
+            server.close()
+            await asyncio.sleep(0.05)
+
+    run(main())
+
+
 def test_connection_close_answer_is_not_kept(aio):
     async def main():
         client = get_async_client()

@@ -83,6 +83,10 @@ class ProtocolError(Exception):
     """The upstream's answer is not HTTP/1.1 we can read."""
 
 
+# What a connection that broke off, or an answer we cannot read, raises.
+_BROKEN = (ProtocolError, OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError)
+
+
 class Connection:
     """One keep-alive connection: its stream pair, and whether the current answer lets it be
     kept."""
@@ -197,7 +201,7 @@ class AsyncStreamHandle:
         except _TIMEOUTS as exc:
             self._drop()
             raise UpstreamTimeout("The upstream API stopped sending its stream.") from exc
-        except (ProtocolError, OSError, asyncio.IncompleteReadError) as exc:
+        except _BROKEN as exc:
             self._drop()
             raise UpstreamUnavailable(
                 f"The upstream API broke off its stream: {_reason(exc)}") from exc
@@ -315,7 +319,7 @@ class AsyncUpstreamClient:
         except _TIMEOUTS as exc:
             conn.close()
             raise UpstreamTimeout("The upstream API stopped sending its response.") from exc
-        except (ProtocolError, OSError, asyncio.IncompleteReadError) as exc:
+        except _BROKEN as exc:
             conn.close()
             raise UpstreamUnavailable(
                 f"The upstream API broke off its response: {_reason(exc)}") from exc
@@ -362,7 +366,7 @@ class AsyncUpstreamClient:
                 raise
             try:
                 return (conn, *await _read_head(conn, method, self.pool.read_timeout))
-            except (ProtocolError, OSError, asyncio.IncompleteReadError, *_TIMEOUTS) as exc:
+            except (*_BROKEN, *_TIMEOUTS) as exc:
                 conn.close()
                 raise _failure(exc) from exc
             except BaseException:
@@ -492,7 +496,11 @@ async def _body_pieces(reader, framing, length, timeout):
 
 def _reason(exc):
     if isinstance(exc, asyncio.IncompleteReadError):
+        if exc.expected is None:
+            return "connection closed in the middle of a line"
         return f"connection closed with {exc.expected} bytes still to come"
+    if isinstance(exc, asyncio.LimitOverrunError):
+        return "line too long"
     return str(exc) or type(exc).__name__
 
 
