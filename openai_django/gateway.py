@@ -164,16 +164,23 @@ def recorded(call):
 # -- one attempt ---------------------------------------------------------------------------
 
 
-def send(invocation):
-    """Ask the upstream (raises ``UpstreamUnavailable``/``UpstreamTimeout``)."""
+def _request(invocation):
+    """``(args, kwargs)`` of the upstream client's ``send`` for an invocation (the sync and
+    the async client take the same)."""
     op = invocation.operation
     body, content_type = invocation.upstream_body()
-    return get_client().send(
-        op.method, op.upstream_path(invocation.path_kwargs), query=invocation.query,
-        headers={k: v for k, v in invocation.headers.items()
-                 if k in app_settings.FORWARD_HEADERS},
-        body=body, content_type=content_type, stream=invocation.stream, admin=op.admin,
-    )
+    return (op.method, op.upstream_path(invocation.path_kwargs)), {
+        "query": invocation.query, "body": body, "content_type": content_type,
+        "headers": {k: v for k, v in invocation.headers.items()
+                    if k in app_settings.FORWARD_HEADERS},
+        "stream": invocation.stream, "admin": op.admin,
+    }
+
+
+def send(invocation):
+    """Ask the upstream (raises ``UpstreamUnavailable``/``UpstreamTimeout``)."""
+    args, kwargs = _request(invocation)
+    return get_client().send(*args, **kwargs)
 
 
 def perform(invocation, call=None, *, retry=None):
@@ -203,7 +210,6 @@ def perform(invocation, call=None, *, retry=None):
         recorder.fail(call, error, started=invocation.started, outcome=outcome)
         if isinstance(error, OpenAIDjangoError):
             error.call = call
-            raise error
         raise error
     if response.raw is not None:
         relay = StreamRelay(call, response, invocation.started)
@@ -333,14 +339,8 @@ async def asend(invocation):
     """:func:`send` with the async client."""
     from openai_django.transport import get_async_client
 
-    op = invocation.operation
-    body, content_type = invocation.upstream_body()
-    return await get_async_client().send(
-        op.method, op.upstream_path(invocation.path_kwargs), query=invocation.query,
-        headers={k: v for k, v in invocation.headers.items()
-                 if k in app_settings.FORWARD_HEADERS},
-        body=body, content_type=content_type, stream=invocation.stream, admin=op.admin,
-    )
+    args, kwargs = _request(invocation)
+    return await get_async_client().send(*args, **kwargs)
 
 
 async def arun(invocation):
