@@ -37,6 +37,8 @@ import hypothesis
 import requests
 import schemathesis
 from hypothesis import strategies as st
+from schemathesis.checks import not_a_server_error
+from schemathesis.core.failures import FailureGroup
 from schemathesis.generation import GenerationMode
 
 SPEC_DIR = Path(__file__).resolve().parents[1] / "openai_django" / "spec"
@@ -127,7 +129,7 @@ class Report:
     findings: list[Finding] = field(default_factory=list)
     notes: list[Finding] = field(default_factory=list)  # reported, not failing
     not_covered: list[str] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)  # generation errors, per operation
+    errors: list[str] = field(default_factory=list)  # an operation's run that raised
 
     def replay(self, test: str) -> str:
         return (f"FUZZ_SEED={self.seed} FUZZ_EXAMPLES={self.examples} "
@@ -139,12 +141,12 @@ class Report:
                 f"{self.operations} operations, {self.cases} cases ({self.examples}/operation), "
                 f"{self.seconds:.1f} s (spec loaded in {self.load_seconds:.1f} s); "
                 f"statuses {statuses}; {len(self.findings)} failing, {len(self.notes)} noted, "
-                f"{len(self.errors)} generation errors\n  replay: {self.replay(test)}")
+                f"{len(self.errors)} errors\n  replay: {self.replay(test)}")
 
     def failure(self, test: str) -> str:
         lines = [self.summary(test), ""]
         lines += [f.render() for f in self.findings]
-        lines += [f"generation error: {e}" for e in self.errors]
+        lines += [f"error: {e}" for e in self.errors]
         return "\n".join(lines)
 
 
@@ -155,6 +157,15 @@ def excerpt(value: Any, size: int = EXCERPT) -> str:
         value = value.decode("utf-8", "replace")
     text = value if isinstance(value, str) else repr(value)
     return text if len(text) <= size else text[:size] + f"... ({len(text)} chars)"
+
+
+def is_server_error(case, response: requests.Response) -> bool:
+    """Schemathesis' own ``not_a_server_error`` check, as a predicate."""
+    try:
+        case.validate_response(response, checks=[not_a_server_error])
+    except FailureGroup:
+        return True
+    return False
 
 
 def describe_request(response: requests.Response) -> str:
@@ -224,7 +235,7 @@ def fuzz(report: Report, ops: list, *, base_url: str, headers: dict[str, str],
 
             try:
                 run()
-            except Exception as exc:
+            except Exception as exc:  # generation (or a check) failed for this operation
                 report.errors.append(f"{operation.label}: {excerpt(repr(exc), 300)}")
             report.covered += 1
     finally:
