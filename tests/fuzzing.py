@@ -26,6 +26,7 @@ import functools
 import os
 import random
 import re
+import shlex
 import time
 import zlib
 from collections.abc import Callable
@@ -131,8 +132,9 @@ class Report:
     not_covered: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)  # an operation's run that raised
 
-    def replay(self, test: str) -> str:
-        return (f"FUZZ_SEED={self.seed} FUZZ_EXAMPLES={self.examples} "
+    def replay(self, test: str, label: str | None = None) -> str:
+        narrow = f"FUZZ_OPS={shlex.quote('^' + re.escape(label) + '$')} " if label else ""
+        return (f"FUZZ_SEED={self.seed} FUZZ_EXAMPLES={self.examples} {narrow}"
                 f".venv/bin/python -m pytest 'tests/test_fuzz.py::{test}'")
 
     def summary(self, test: str) -> str:
@@ -145,7 +147,8 @@ class Report:
 
     def failure(self, test: str) -> str:
         lines = [self.summary(test), ""]
-        lines += [f.render() for f in self.findings]
+        for finding in self.findings:
+            lines += [finding.render(), f"  pytest:   {self.replay(test, finding.label)}"]
         lines += [f"error: {e}" for e in self.errors]
         return "\n".join(lines)
 

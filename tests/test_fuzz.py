@@ -92,7 +92,10 @@ def test_standin_answers_no_5xx(version, fuzz_standin, seed, capsys, request):
     schema, load_seconds = fuzzing.load(version)
     report = fuzzing.Report("stand-in", version, seed, fuzzing.env_examples(STANDIN_EXAMPLES),
                             load_seconds)
-    fuzzing.fuzz(report, fuzzing.operations(schema), base_url=fuzz_standin.url,
+    ops = fuzzing.operations(schema)
+    if not ops:
+        pytest.skip("FUZZ_OPS selects no operation of this spec")
+    fuzzing.fuzz(report, ops, base_url=fuzz_standin.url,
                  headers={"Authorization": f"Bearer {UPSTREAM_KEY}"},
                  check=server_error("stand-in 5xx"), budget=fuzzing.env_budget())
     emit(request, capsys, report)
@@ -146,7 +149,10 @@ def test_gateway_answers_no_5xx_of_its_own(version, fuzz_gateway, fuzz_standin, 
     schema, load_seconds = fuzzing.load(version)
     report = fuzzing.Report("gateway", version, seed, fuzzing.env_examples(GATEWAY_EXAMPLES),
                             load_seconds)
-    fuzzing.fuzz(report, fuzzing.operations(schema, admin=False), base_url=base_url,
+    ops = fuzzing.operations(schema, admin=False)
+    if not ops:
+        pytest.skip("FUZZ_OPS selects no operation of this spec")
+    fuzzing.fuzz(report, ops, base_url=base_url,
                  headers=headers, check=gateway_check(fuzz_standin),
                  budget=fuzzing.env_budget())
     emit(request, capsys, report)
