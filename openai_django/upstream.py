@@ -150,6 +150,27 @@ class StreamHandle:
             conn.close()
 
 
+def request_headers(headers, *, content_type, key, organization):
+    """The headers of an upstream request (the sync and async clients send the same): the
+    client's forwarded ones, one ``User-Agent`` naming the client's agent and this package,
+    the upstream key, the default organization, the body's type."""
+    out = {}
+    agent = USER_AGENT
+    for name, value in (headers or {}).items():
+        if name.lower() == "user-agent":
+            agent = f"{value} {USER_AGENT}"
+        else:
+            out[name] = value
+    out["User-Agent"] = agent
+    if key:
+        out["Authorization"] = f"Bearer {key}"
+    if organization and "openai-organization" not in {k.lower() for k in out}:
+        out["OpenAI-Organization"] = organization
+    if content_type:
+        out["Content-Type"] = content_type
+    return out
+
+
 def _header_dict(response):
     headers = {}
     for name, value in response.getheaders():
@@ -182,17 +203,9 @@ class UpstreamClient:
         return f"{target}?{query}" if query else target
 
     def _headers(self, headers, content_type, admin=False):
-        out = {"User-Agent": USER_AGENT}
-        if headers:
-            out.update(headers)
-        key = self.admin_api_key if admin else self.api_key
-        if key:
-            out["Authorization"] = f"Bearer {key}"
-        if self.organization and "openai-organization" not in {k.lower() for k in out}:
-            out["OpenAI-Organization"] = self.organization
-        if content_type:
-            out["Content-Type"] = content_type
-        return out
+        return request_headers(headers, content_type=content_type,
+                               key=self.admin_api_key if admin else self.api_key,
+                               organization=self.organization)
 
     def send(self, method, path, *, query="", headers=None, body=None, content_type=None,
              stream=False, admin=False):

@@ -83,3 +83,16 @@ def test_a_second_declared_type_is_served_as_that_variant(http, upstream):
     assert sent["path"] == "/v1/images/edits" and sent["body"] == body
     call = Call.objects.get(pk=response.headers["X-Call-Id"])
     assert call.operation == "createImageEdit" and call.request_body == body
+
+
+def test_one_user_agent_goes_upstream_naming_the_client_and_the_gateway(http, upstream):
+    from openai_django import __version__
+
+    response = http.post(f"{http.base}/chat/completions",
+                         headers={"User-Agent": "my-app/1.0"},
+                         json={"model": "gpt-4o-mini",
+                               "messages": [{"role": "user", "content": "hi"}]})
+    assert response.status_code == 200
+    # One header (the stand-in joins repeated ones with ", "), the client's agent first.
+    agent = upstream.requests()[-1]["headers"]["user-agent"]
+    assert agent == f"my-app/1.0 openai-django/{__version__}"

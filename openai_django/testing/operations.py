@@ -175,6 +175,11 @@ def _int(value: Any, default: int, param: str, low: int = 1, high: int = 128) ->
     return n
 
 
+def _list(value: Any) -> list:
+    """A request field that should be a list, or ``[]`` when it is anything else."""
+    return value if isinstance(value, list) else []
+
+
 def _truthy(value: Any) -> bool:
     if isinstance(value, str):
         return value.lower() in ("1", "true", "yes", "on")
@@ -956,9 +961,9 @@ class Operations:
         if not isinstance(query, str):
             raise ApiError(400, "'query' is a required property.", param="query")
         model = str(body.get("model") or "curie")
-        examples = [e for e in body.get("examples") or []
+        examples = [e for e in _list(body.get("examples"))
                     if isinstance(e, list) and len(e) >= 2]
-        labels = [str(x) for x in body.get("labels") or []]
+        labels = [str(x) for x in _list(body.get("labels"))]
         ranked = sorted(range(len(examples)),
                         key=lambda i: -self._score(query, str(examples[i][0])))
         selected = [{"document": i, "text": str(examples[i][0]), "label": str(examples[i][1])}

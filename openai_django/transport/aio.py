@@ -55,7 +55,7 @@ from django.core.signals import setting_changed
 
 from openai_django.conf import app_settings
 from openai_django.errors import UpstreamTimeout, UpstreamUnavailable
-from openai_django.upstream import USER_AGENT, UpstreamResponse
+from openai_django.upstream import UpstreamResponse, request_headers
 
 logger = logging.getLogger("openai_django.transport")
 
@@ -259,17 +259,10 @@ class AsyncUpstreamClient:
         return f"{target}?{query}" if query else target
 
     def _head(self, method, target, headers, content_type, admin, body):
-        out = {"User-Agent": USER_AGENT}
-        if headers:
-            out.update(headers)
-        key = self.admin_api_key if admin else self.api_key
-        if key:
-            out["Authorization"] = f"Bearer {key}"
+        out = request_headers(headers, content_type=content_type,
+                              key=self.admin_api_key if admin else self.api_key,
+                              organization=self.organization)
         names = {k.lower() for k in out}
-        if self.organization and "openai-organization" not in names:
-            out["OpenAI-Organization"] = self.organization
-        if content_type:
-            out["Content-Type"] = content_type
         if _BAD_TARGET(target) or not method.isalpha():
             raise ValueError(f"invalid request line: {method!r} {target!r}")
         lines = [f"{method} {target} HTTP/1.1"]
