@@ -311,3 +311,26 @@ def test_chunked_bodies_are_read_and_forwarded_by_real_servers(kind, gateway_sit
     assert ("file", len(content), digest) in artifacts
     print(f"\n[{kind}] chunked JSON ({len(raw)} B in 7-byte chunks) and multipart "
           f"({len(multipart)} B in 64 KiB chunks) read, forwarded and recorded")
+
+
+@pytest.mark.xfail(strict=True, reason="checkpoints are taken only when an event arrives: "
+                   "events relayed before an upstream stall are not saved until the next "
+                   "event, so a crash during the stall loses more than one interval")
+def test_events_relayed_before_an_upstream_stall_are_checkpointed(gateway_site,
+                                                                  crash_upstream):
+    site = gateway_site(STREAM_CHECKPOINT_SECONDS=CHECKPOINT)
+    server = site.start_server("granian")
+    # 10 events at once, then the upstream thinks for 30 s (a reasoning model, a tool call).
+    crash_upstream.configure(events=EVENTS, gap_ms=0, ttft_ms=0)
+    crash_upstream.fault(path="/v1/chat/completions", kind="hang_stream", after=10,
+                         seconds=30, times=1)
+    stream = EventStream(server, site.headers)
+    stream.read_until(10)
+    time.sleep(CHECKPOINT + GAP + SLACK + 0.5)
+    server.kill(signal.SIGKILL)
+    stream.drain()
+    saved = site.call(stream.call_id)["stream_events"] or []
+    print(f"\n[granian] stall: client had {len(stream.events)} events for "
+          f"{(CHECKPOINT + GAP + SLACK + 0.5) * 1000:.0f} ms before the kill; record holds "
+          f"{len(saved)}")
+    assert len(saved) == len(stream.events)
