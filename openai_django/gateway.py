@@ -10,12 +10,13 @@ send, finish and fail.
 
 import http.client
 import logging
+import threading
 import time
 from contextlib import closing
 from dataclasses import dataclass
 
 import orjson
-from django.db import IntegrityError
+from django.db import IntegrityError, connections
 
 from openai_django import recorder
 from openai_django.conf import app_settings
@@ -237,6 +238,63 @@ def _client_headers(response, call):
     return headers
 
 
+class Checkpointer:
+    """Saves the events of every open stream of this process every
+    ``STREAM_CHECKPOINT_SECONDS``, from one thread of its own.
+
+    A process killed mid-stream then loses at most one interval of what its clients were
+    sent, whatever the upstream does: a checkpoint taken only when an event arrives would
+    leave unsaved the events relayed just before the upstream pauses (a model thinking, a
+    tool running). The relays never wait on these writes.
+    """
+
+    def __init__(self):
+        self._relays = {}  # relay -> seconds between its checkpoints
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._thread = None
+
+    def watch(self, relay, every):
+        with self._lock:
+            self._relays[relay] = every
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, daemon=True,
+                                                name="openai-django-checkpoints")
+                self._thread.start()
+
+    def forget(self, relay):
+        with self._lock:
+            self._relays.pop(relay, None)
+
+    def _run(self):
+        due = {}
+        while True:
+            with self._lock:
+                relays = list(self._relays.items())
+            if not relays:
+                with self._lock:
+                    if not self._relays:
+                        self._thread = None
+                        break
+                continue
+            now = time.monotonic()
+            for relay, every in relays:
+                when = due.setdefault(relay, now + every)
+                if now >= when:
+                    due[relay] = now + every
+                    relay.checkpoint()
+            for relay in [r for r in due if r not in dict(relays)]:
+                del due[relay]
+            tick = min(every for _, every in relays) / 4
+            self._wake.wait(max(0.01, min(tick, 0.5)))
+        # No stream left: the thread ends, and its database connection with it.
+        connections.close_all()
+
+
+#: The process's one :class:`Checkpointer`.
+checkpointer = Checkpointer()
+
+
 class StreamRelay:
     """Relays an upstream event stream to the client chunk by chunk, keeping the events.
 
@@ -253,20 +311,22 @@ class StreamRelay:
         self.parser = SSEParser()
         self.finished = False
         self._generator = None
-        self._every = app_settings.STREAM_CHECKPOINT_SECONDS
-        self._next_checkpoint = time.monotonic() + (self._every or 0)
         self._saved = 0  # events saved by the last checkpoint
+        every = app_settings.STREAM_CHECKPOINT_SECONDS
+        if every is not None and not getattr(call, "unrecorded", False):
+            checkpointer.watch(self, every)
 
-    def _checkpoint(self):
-        """Every ``STREAM_CHECKPOINT_SECONDS``, save what was relayed so far (one UPDATE): a
-        crash of this process loses at most that much of the record."""
-        now = time.monotonic()
-        if now < self._next_checkpoint or len(self.parser.events) == self._saved:
+    def checkpoint(self):
+        """Save what was relayed so far, if anything is new (one conditional UPDATE; called by
+        the :data:`checkpointer`, never in the relay's own time)."""
+        if self.finished:
             return
-        self._next_checkpoint = now + self._every
-        self._saved = len(self.parser.events)
+        events = self.parser.events[:]
+        if len(events) == self._saved:
+            return
+        self._saved = len(events)
         try:
-            recorder.checkpoint(self.call, self.parser.events)
+            recorder.checkpoint(self.call, events)
         except Exception:
             logger.exception("Could not checkpoint the events of stream call %s", self.call.pk)
 
@@ -278,6 +338,7 @@ class StreamRelay:
         if self.finished:
             return
         self.finished = True
+        checkpointer.forget(self)
         self.parser.close()
         response = self.response
         response.elapsed_ms = (time.perf_counter() - self.started) * 1000
@@ -299,8 +360,6 @@ class StreamRelay:
                 for chunk in chunks:
                     self.parser.feed(chunk)
                     yield chunk
-                    if self._every is not None:
-                        self._checkpoint()
         except GeneratorExit:
             self._finish(Call.Outcome.CLIENT_DISCONNECTED)
             raise
@@ -396,8 +455,6 @@ class AsyncStreamRelay(StreamRelay):
             async for chunk in raw:
                 self.parser.feed(chunk)
                 yield chunk
-                if self._every is not None and time.monotonic() >= self._next_checkpoint:
-                    await db(self._checkpoint)()
         except (asyncio.CancelledError, GeneratorExit):
             await asyncio.shield(self._aclose_upstream(Call.Outcome.CLIENT_DISCONNECTED))
             raise

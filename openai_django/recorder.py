@@ -394,16 +394,17 @@ def fail(call, exc, *, started=None, outcome=None, response=None, events=None,
 
 def checkpoint(call, events):
     """Save the events of a stream relayed so far (and the text they make), so a process
-    that dies mid-stream leaves them in the record: the relay calls this every
-    ``STREAM_CHECKPOINT_SECONDS``."""
+    that dies mid-stream leaves them in the record (the checkpointer calls this every
+    ``STREAM_CHECKPOINT_SECONDS``, from its own thread: ``call`` is read, not changed)."""
     if getattr(call, "unrecorded", False) or call.metadata_only \
             or not app_settings.RECORD_STREAM_EVENTS:
         return
     kind = _kind(call)
-    call.stream_events = redact(list(events), call, "stream_events")
-    call.output_text = redact(kind.assemble(events, call.request_body).text, call,
-                              "output_text")
-    Call.objects.save_fields(call, ("stream_events", "output_text"))
+    # Only while the call runs: a late checkpoint never overwrites the finished record.
+    Call.objects.filter(pk=call.pk, status=Call.Status.RUNNING).update(
+        stream_events=redact(list(events), call, "stream_events"),
+        output_text=redact(kind.assemble(events, call.request_body).text, call,
+                           "output_text"))
 
 
 def _send_signal(call):

@@ -43,3 +43,13 @@ def _fresh(func):
 def db(func):
     """``await db(func)(*args)``: ``func`` run in the database pool."""
     return sync_to_async(_fresh(func), thread_sensitive=False, executor=executor())
+
+
+def shutdown():
+    """End the pool's threads (their connections close with them): for a test run's end or a
+    server's shutdown; the next ``db()`` starts a new pool."""
+    global _executor
+    with _lock:
+        pool, _executor = _executor, None
+    if pool is not None:
+        pool.shutdown(wait=True)
