@@ -128,7 +128,7 @@ def _kill_mid_stream(site, server, upstream, after=15):
     return stream, row
 
 
-@pytest.mark.parametrize("kind", SERVERS)
+@pytest.mark.parametrize("kind", [*SERVERS, "uvicorn"])
 def test_kill_9_mid_stream_then_restart_finishes_it_as_lost(kind, gateway_site, crash_upstream):
     site = gateway_site(STREAM_CHECKPOINT_SECONDS=CHECKPOINT)
     stream, row = _kill_mid_stream(site, site.start_server(kind), crash_upstream)
