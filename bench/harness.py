@@ -99,6 +99,48 @@ def tree_rss_kb(pid):
     return _tree_sum(pid, _rss_kb)
 
 
+def _fd_count(entry, fields):
+    try:
+        return len(os.listdir(f"/proc/{entry}/fd"))
+    except OSError:
+        return 0
+
+
+def tree_fds(pid):
+    """Open file descriptors of a process and its live descendants (sockets included)."""
+    return _tree_sum(pid, _fd_count)
+
+
+def fd_limits(pid):
+    """``(soft, hard)`` open-file limit of a running process, from /proc/PID/limits."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        with open(f"/proc/{pid}/limits") as fh:
+            for line in fh:
+                if line.startswith("Max open files"):
+                    soft, hard = line.split()[3:5]
+                    return int(soft), int(hard)
+    return None, None
+
+
+def has_module(name):
+    """Whether ``name`` imports in the interpreter the servers run under (this one)."""
+    import importlib.util
+
+    return importlib.util.find_spec(name) is not None
+
+
+def tcp_listener(backlog=4096):
+    """A listening TCP socket on 127.0.0.1 with TCP_NODELAY set (Linux passes it on to every
+    accepted socket), for a server to inherit by file descriptor."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(backlog)
+    sock.set_inheritable(True)
+    return sock
+
+
 def tree_cpu_seconds(pid):
     """CPU time (user + system) of a process and its live descendants, in seconds."""
     tick = os.sysconf("SC_CLK_TCK")
@@ -125,6 +167,7 @@ class Server:
     proc: subprocess.Popen = None
     log_path: str = ""
     extra: dict = field(default_factory=dict)
+    listener: socket.socket = None  # a listening socket the server inherits (``--fd``)
 
     @property
     def url(self):
@@ -136,7 +179,11 @@ class Server:
             self.proc = subprocess.Popen(
                 self.cmd, cwd=str(ROOT), env=self.env, stdin=subprocess.DEVNULL,
                 stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
+                pass_fds=(self.listener.fileno(),) if self.listener else (),
             )
+        if self.listener is not None:  # the server holds its own copy now
+            self.listener.close()
+            self.listener = None
         try:
             wait_http(self.url + "/v1/openapi.yaml", timeout=timeout, proc=self.proc)
         except BaseException:
@@ -149,6 +196,9 @@ class Server:
 
     def cpu_seconds(self):
         return tree_cpu_seconds(self.proc.pid) if self.proc else 0.0
+
+    def fds(self):
+        return tree_fds(self.proc.pid) if self.proc else 0
 
     def log_tail(self, size=3000):
         with contextlib.suppress(OSError), open(self.log_path, "rb") as fh:
@@ -171,6 +221,7 @@ class Server:
 
 
 # How each serving configuration is started. ``{threads}`` is per worker.
+ASGI_SERVERS = ("uvicorn", "granian-asgi")
 SERVER_COMMANDS = {
     "granian-wsgi": lambda port, workers, threads: [
         str(VENV_BIN / "granian"), "--interface", "wsgi", "--host", "127.0.0.1",
@@ -182,6 +233,20 @@ SERVER_COMMANDS = {
         str(VENV_BIN / "granian"), "--interface", "asgi", "--host", "127.0.0.1",
         "--port", str(port), "--workers", str(workers), "--blocking-threads", "1",
         "--backlog", "4096", "--no-ws", "--log-level", "warning", "project.asgi:application",
+    ],
+    # ASGI, one event loop a worker: uvloop and httptools only when installed (neither is a
+    # requirement); asyncio's loop and h11 otherwise. Django has no lifespan protocol.
+    # It listens on a socket the harness made (``--fd``, see tcp_listener): uvicorn's own for
+    # --workers > 1 is made without IPPROTO_TCP, so asyncio never sets TCP_NODELAY on what it
+    # accepts, and a response written as head + body waits out the client's delayed ACK
+    # (measured: keep-alive c=1 p50 48 ms with --workers 2, 6 ms with new connections).
+    "uvicorn": lambda port, workers, threads, fd=None: [
+        str(VENV_BIN / "uvicorn"), *(["--fd", str(fd)] if fd is not None else
+                                     ["--host", "127.0.0.1", "--port", str(port)]),
+        "--workers", str(workers), "--loop", "uvloop" if has_module("uvloop") else "asyncio",
+        "--http", "httptools" if has_module("httptools") else "h11", "--lifespan", "off",
+        "--backlog", "4096", "--timeout-keep-alive", "75", "--no-access-log",
+        "--log-level", "warning", "project.asgi:application",
     ],
     "gunicorn-gthread": lambda port, workers, threads: [
         str(VENV_BIN / "gunicorn"), "--bind", f"127.0.0.1:{port}", "--workers", str(workers),
@@ -341,12 +406,15 @@ class Harness:
 
     def start_gateway(self, db, *, server="granian-wsgi", workers=2, threads=8, record=True,
                       name=None, env=None):
-        port = free_port()
+        listener = tcp_listener() if server == "uvicorn" else None
+        port = listener.getsockname()[1] if listener else free_port()
         name = name or f"{server}-{db.kind}-{'rec' if record else 'norec'}-{port}"
         extra = {"OPENAI_DJANGO_RECORD": "1" if record else "0",
                  "OPENAI_DJANGO_WRITER": os.environ.get("BENCH_WRITER", "1"), **(env or {})}
-        gateway = Server(name=name, cmd=SERVER_COMMANDS[server](port, workers, threads),
-                         env=self.django_env(db, **extra), port=port)
+        command = (SERVER_COMMANDS[server](port, workers, threads, fd=listener.fileno())
+                   if listener else SERVER_COMMANDS[server](port, workers, threads))
+        gateway = Server(name=name, cmd=command, env=self.django_env(db, **extra), port=port,
+                         listener=listener)
         gateway.extra = {"server": server, "workers": workers, "threads": threads,
                          "record": record, "db": db.kind}
         gateway.start(self.workdir)

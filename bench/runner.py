@@ -18,13 +18,16 @@ import time
 from pathlib import Path
 
 from bench import scenarios
-from bench.harness import ROOT, Harness, raise_fd_limit
+from bench.harness import ASGI_SERVERS, ROOT, SERVER_COMMANDS, Harness, raise_fd_limit
 
 log = logging.getLogger("bench")
 
 ALL = ["latency", "responses", "throughput", "streaming", "slow_streams", "large_bodies",
-       "databases", "celery", "admin", "serving"]
-QUICK = ["latency", "responses", "throughput", "streaming", "slow_streams", "large_bodies"]
+       "asgi_latency", "asgi_throughput", "asgi_streaming", "databases", "celery", "admin",
+       "serving", "soak"]
+QUICK = ["latency", "responses", "throughput", "streaming", "slow_streams", "large_bodies",
+         "asgi_latency", "asgi_throughput", "asgi_streaming"]
+ASGI_SCENARIOS = ("asgi_latency", "asgi_throughput", "asgi_streaming")
 
 # (scenario, figure key path, comparison, target, label). Lower-is-better unless ">=".
 TARGETS = [
@@ -39,6 +42,15 @@ TARGETS = [
     ("slow_streams", "largest_zero_error_streams", ">=", 1000,
      "concurrent 10 s streams with zero errors"),
     ("admin", "first_page_ms", "<=", 200, "admin call list, 1M calls, first page (ms)"),
+    ("asgi_latency", "asgi_added_p50_ms", "<=", 1.0, "ASGI: added latency p50, c=1 (ms)"),
+    ("asgi_throughput", "asgi_vs_wsgi", ">=", 0.7, "ASGI / WSGI throughput, recording on"),
+    ("asgi_streaming", "asgi_ttfe_added_p50_ms", "<=", 2.0,
+     "ASGI: stream time to first event, added p50 (ms)"),
+    ("asgi_streaming", "asgi_gap_dev_p99_ms", "<=", 2.0,
+     "ASGI: event gap deviation p99, upstream 20 ms (ms)"),
+    ("asgi_streaming", "asgi_coalesced", "<=", 0, "ASGI: coalesced events (gap < 5 ms)"),
+    ("soak", "errors", "<=", 0, "soak: stream errors, one ASGI worker"),
+    ("soak", "records_not_succeeded", "<=", 0, "soak: calls not recorded succeeded"),
 ]
 
 
@@ -154,6 +166,44 @@ def table(results):
             row("4 slow streams", f"{run['streams']} x {fmt(x['stream_seconds'])} s: errors, "
                 f"peak RSS MB", run["errors"], run["rss_peak_mb"], run["rss_per_stream_kb"])
         row("4 slow streams", "largest N with zero errors", x["largest_zero_error_streams"])
+    for key, title in (("asgi_latency", "9 ASGI vs WSGI chat c=1"),
+                       ("asgi_responses", "9 ASGI vs WSGI createResponse c=1")):
+        if key in s:
+            x = s[key]
+            for side in ("wsgi", "asgi"):
+                row(title, f"{side} p50 / p99 (ms), added p50 / p99",
+                    f"{fmt(x[f'{side}_p50_ms'])} / {fmt(x[f'{side}_p99_ms'])}",
+                    f"{fmt(x['direct_p50_ms'])} / {fmt(x['direct_p99_ms'])}",
+                    f"{fmt(x[f'{side}_added_p50_ms'])} / {fmt(x[f'{side}_added_p99_ms'])}")
+    if "asgi_throughput" in s:
+        x = s["asgi_throughput"]
+        for side in ("wsgi", "asgi"):
+            row("9 ASGI vs WSGI throughput", f"{side} req/s, recording on, c={x['connections']}"
+                f" (CPU us/request)", x[f"{side}_rps"], x.get("direct_rps"),
+                x.get(f"{side}_cpu_us_per_request"))
+        row("9 ASGI vs WSGI throughput", "ASGI / WSGI", x.get("asgi_vs_wsgi"))
+    if "asgi_streaming" in s:
+        x = s["asgi_streaming"]
+        for side in ("wsgi", "asgi"):
+            row("9 ASGI vs WSGI streaming", f"{side} time to first event p50 (ms)",
+                x[f"{side}_ttfe_p50_ms"], x["direct_ttfe_p50_ms"], x[f"{side}_ttfe_added_p50_ms"])
+            row("9 ASGI vs WSGI streaming", f"{side} gap deviation p50 / p99 (ms), coalesced",
+                f"{fmt(x[f'{side}_gap_dev_p50_ms'])} / {fmt(x[f'{side}_gap_dev_p99_ms'])}",
+                f"{fmt(x['direct_gap_dev_p50_ms'])} / {fmt(x['direct_gap_dev_p99_ms'])}",
+                x[f"{side}_coalesced"])
+    if "soak" in s:
+        x = s["soak"]
+        title = f"10 soak {x['streams']:,} x {fmt(x['stream_seconds'])} s, 1 {x['server']} worker"
+        row(title, "errors (kinds)", x["errors"], str(x["error_kinds"] or "-")[:120])
+        row(title, "RSS idle / plateau MB, KB per stream", x["rss_idle_mb"],
+            x["rss_plateau_mb"], x["rss_per_stream_kb"])
+        row(title, "open fds idle / peak (limit)", x["fds_idle"], x["fds_peak"],
+            x["fd_limit_soft"])
+        row(title, "gateway CPU at plateau (cores)", x["cpu_cores_plateau"])
+        row(title, f"gap deviation p50 / p99 (ms), events {fmt(x['interval_ms'])} ms apart",
+            x["gap_dev_p50_ms"], x["gap_dev_p99_ms"], x["gap_dev_max_ms"])
+        row(title, "records succeeded", x["records_succeeded"], None,
+            str(x["records"])[:120])
     if "large_bodies" in s:
         for name, x in s["large_bodies"].items():
             if not isinstance(x, dict):
@@ -209,8 +259,18 @@ def parse_args(argv):
     parser.add_argument("--quick", action="store_true",
                         help="a smoke run of a few seconds per scenario (figures mean nothing)")
     parser.add_argument("--only", help=f"comma-separated scenarios (default: all): {ALL}")
-    parser.add_argument("--server", default="granian-wsgi",
-                        choices=["granian-wsgi", "gunicorn-gthread", "granian-asgi"])
+    parser.add_argument("--server", default="granian-wsgi", choices=sorted(SERVER_COMMANDS),
+                        help="the gateway of scenarios 1-8 (and the WSGI side of 9 if WSGI)")
+    parser.add_argument("--asgi-server", default="uvicorn", choices=ASGI_SERVERS,
+                        help="the ASGI gateway of scenarios 9 (asgi_*) and 10 (soak)")
+    parser.add_argument("--soak-streams", type=int, default=10_000)
+    parser.add_argument("--soak-seconds", type=float, default=60.0)
+    parser.add_argument("--soak-interval-ms", type=float, default=500.0)
+    parser.add_argument("--soak-ramp", type=float, default=None,
+                        help="seconds over which the soak's streams open (default min(20, "
+                             "seconds / 3))")
+    parser.add_argument("--soak-generators", type=int, default=2,
+                        help="load generator processes of the soak")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None,
                         help="threads per worker (default: what docs/performance.md chose)")
@@ -225,7 +285,8 @@ def parse_args(argv):
 
 # 512 threads a worker: 2 x 512 streams held at once (scenario 4); idle threads cost nothing
 # (granian starts them on demand) and measured no worse than 8 at saturation (docs).
-DEFAULT_THREADS = {"granian-wsgi": 512, "gunicorn-gthread": 512, "granian-asgi": 1}
+DEFAULT_THREADS = {"granian-wsgi": 512, "gunicorn-gthread": 512, "granian-asgi": 1,
+                   "uvicorn": 1}
 
 
 def main(argv=None):
@@ -249,6 +310,7 @@ def main(argv=None):
             "command": " ".join(["python -m bench", *(sys.argv[1:] if argv is None else argv)]),
             "quick": args.quick, "machine": machine(), "loadavg_before": loadavg(),
             "gateway": {"server": args.server, "workers": args.workers, "threads": threads},
+            "asgi_gateway": {"server": args.asgi_server, "workers": args.workers},
             "fd_limit": fd_limit,
         },
         "scenarios": {},
@@ -306,6 +368,37 @@ def main(argv=None):
             finally:
                 harness.stop_gateway(pg_gateway)
 
+        # 9. ASGI beside WSGI: a second gateway under the ASGI server, same database and
+        # stand-in, loaded in alternation with the WSGI one (and direct) round by round.
+        pair = {}
+
+        def gateways():
+            if not pair:
+                if args.server in ASGI_SERVERS:
+                    pair["wsgi"] = harness.start_gateway(
+                        sqlite, server="granian-wsgi", workers=args.workers,
+                        threads=DEFAULT_THREADS["granian-wsgi"], name="gateway-wsgi")
+                    scenarios.check_contract(ctx, pair["wsgi"])
+                else:
+                    pair["wsgi"] = gateway
+                pair["asgi"] = harness.start_gateway(sqlite, server=args.asgi_server,
+                                                     workers=args.workers, threads=1,
+                                                     name="gateway-asgi")
+                scenarios.check_contract(ctx, pair["asgi"])
+            return pair
+
+        def asgi_latency():
+            done["asgi_responses"] = scenarios.compare_latency(
+                ctx, gateways(), name="responses", path="/responses", body=scenarios.RESPONSE)
+            return scenarios.compare_latency(ctx, gateways())
+
+        run("asgi_latency", asgi_latency)
+        run("asgi_throughput", lambda: scenarios.compare_throughput(ctx, gateways()))
+        run("asgi_streaming", lambda: scenarios.compare_streaming(ctx, gateways()))
+        for started_gateway in pair.values():
+            if started_gateway is not gateway:
+                harness.stop_gateway(started_gateway)
+
         run("databases", dbs)
         run("celery", lambda: scenarios.external(ctx, "celery_bench", sqlite,
                                                  ["--quick"] if args.quick else []))
@@ -339,6 +432,23 @@ def main(argv=None):
             return out
 
         run("serving", serving)
+
+        def soak():
+            # 10. One ASGI worker process holding N long streams, on a database of its own
+            # (the records are counted there at the end).
+            db = harness.sqlite("soak")
+            one = harness.start_gateway(db, server=args.asgi_server, workers=1, threads=1,
+                                        name="gateway-soak")
+            try:
+                scenarios.check_contract(ctx, one)
+                return scenarios.soak(ctx, one, db, scenarios.SoakParams(
+                    streams=args.soak_streams, seconds=args.soak_seconds,
+                    interval_ms=args.soak_interval_ms, ramp=args.soak_ramp,
+                    shares=args.soak_generators))
+            finally:
+                harness.stop_gateway(one)
+
+        run("soak", soak)
 
     results["meta"]["loadavg_after"] = loadavg()
     results["meta"]["seconds"] = round(time.time() - started, 1)

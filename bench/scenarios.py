@@ -501,3 +501,283 @@ def external(ctx, module, db, args=(), timeout=1800):
         return json.loads(out_path.read_text())
     except (OSError, ValueError) as exc:
         return {"error": f"no JSON figures: {exc}"}
+
+
+# -- ASGI beside WSGI: the same figures for both servers, interleaved round by round ---------
+
+
+def compare_latency(ctx, gateways, name="chat", path="/chat/completions", body=None):
+    """Added latency at c=1 of each gateway in ``gateways`` ({label: server}), each round
+    loading every gateway and then the stand-in directly; ``<label>_added_p50_ms`` etc."""
+    p = ctx.params
+    gw_script, direct_script = _scripts(ctx, f"cmp-{name}", json.dumps(body or CHAT).encode())
+    urls = {label: g.url + "/v1" + path for label, g in gateways.items()}
+    direct_url = ctx.upstream.url + path
+    for url in urls.values():
+        run_wrk(url, gw_script, seconds=p.warmup_seconds)
+    run_wrk(direct_url, direct_script, seconds=p.warmup_seconds)
+    rounds = {label: [] for label in urls}
+    for _ in range(p.rounds):
+        measured = {label: run_wrk(url, gw_script, seconds=p.latency_seconds)
+                    for label, url in urls.items()}
+        d = run_wrk(direct_url, direct_script, seconds=p.latency_seconds)
+        for label, g in measured.items():
+            rounds[label].append({"gateway": g, "direct": d})
+    out = {"rounds": p.rounds}
+    for label, pairs in rounds.items():
+        summary = _latency_summary(pairs)
+        for key in ("gateway_p50_ms", "gateway_p99_ms", "added_p50_ms", "added_p99_ms",
+                    "gateway_rps_c1"):
+            out[f"{label}_{key.removeprefix('gateway_')}"] = summary[key]
+        out[f"{label}_errors"] = sum(x["gateway"].errors for x in pairs)
+    direct = [x["direct"] for x in next(iter(rounds.values()))]
+    out["direct_p50_ms"] = _median([x.p50_ms for x in direct])
+    out["direct_p99_ms"] = _median([x.p99_ms for x in direct])
+    out["errors"] = sum(out[f"{label}_errors"] for label in urls) + sum(x.errors for x in direct)
+    return out
+
+
+def compare_throughput(ctx, gateways):
+    """Requests per second at saturation (recording on) of each gateway and direct,
+    interleaved; ``asgi_vs_wsgi``: the median over rounds of the per-round ratio."""
+    p = ctx.params
+    gw_script, direct_script = _scripts(ctx, "cmp-tput", json.dumps(CHAT).encode())
+    targets = [(label, g.url + "/v1/chat/completions", gw_script, g)
+               for label, g in gateways.items()]
+    targets.append(("direct", ctx.upstream.url + "/chat/completions", direct_script, None))
+    c = p.throughput_connections
+    for _, url, script, _ in targets:
+        run_wrk(url, script, connections=c, seconds=p.warmup_seconds)
+    figures = {label: [] for label, *_ in targets}
+    cpu = {label: [] for label, *_ in targets}
+    for _ in range(p.throughput_rounds):
+        for label, url, script, server in targets:
+            before = server.cpu_seconds() if server else None
+            result = run_wrk(url, script, connections=c, seconds=p.throughput_seconds)
+            figures[label].append(result)
+            if server:
+                cpu[label].append((server.cpu_seconds() - before) / max(result.requests, 1)
+                                  * 1e6)
+    out = {"connections": c, "rounds": p.throughput_rounds}
+    for label, results in figures.items():
+        out[f"{label}_rps"] = _median([r.rps for r in results])
+        out[f"{label}_p50_ms"] = _median([r.p50_ms for r in results])
+        out[f"{label}_p99_ms"] = _median([r.p99_ms for r in results])
+        out[f"{label}_errors"] = sum(r.errors for r in results)
+        if cpu[label]:
+            out[f"{label}_cpu_us_per_request"] = _median(cpu[label])
+    if "asgi" in figures and "wsgi" in figures:
+        out["asgi_vs_wsgi"] = _median([a.rps / b.rps for a, b in
+                                       zip(figures["asgi"], figures["wsgi"]) if b.rps])
+    out["errors"] = sum(out[f"{label}_errors"] for label in figures)
+    return out
+
+
+def compare_streaming(ctx, gateways):
+    """Time to first event (2-event streams) and event gaps (``gap_events`` paced
+    ``gap_ms`` upstream) of each gateway beside direct, interleaved round by round."""
+    p = ctx.params
+    body = _stream_body(ctx)
+    d_h = {"Authorization": f"Bearer {UPSTREAM_KEY}"}
+    gw_h = {"Authorization": f"Bearer {ctx.harness.client_key}"}
+    targets = [(label, g.url + "/v1/chat/completions", gw_h) for label, g in gateways.items()]
+    targets.append(("direct", ctx.upstream.url + "/chat/completions", d_h))
+    labels = [t[0] for t in targets]
+    errors = 0
+    try:
+        ctx.harness.configure_upstream(events=2, gap_ms=0, ttft_ms=0)
+        for _, url, headers in targets:
+            asyncio.run(_sequential_streams(url, headers, body, 5))
+        ttfe = {label: [] for label in labels}
+        medians = {label: [] for label in labels}
+        for _ in range(p.rounds):
+            for label, url, headers in targets:
+                results = asyncio.run(_sequential_streams(url, headers, body, p.ttfe_streams))
+                errors += sum(not r.ok for r in results)
+                values = [r.ttfe_ms for r in results if r.ok]
+                ttfe[label].extend(values)
+                medians[label].append(statistics.median(values) if values else None)
+        ctx.harness.configure_upstream(events=p.gap_events, gap_ms=p.gap_ms, ttft_ms=0)
+        gaps = {label: [] for label in labels}
+        for _ in range(p.rounds):
+            for label, url, headers in targets:
+                for r in asyncio.run(_sequential_streams(url, headers, body, p.gap_streams)):
+                    errors += not r.ok
+                    gaps[label].extend(r.gaps_ms())
+    finally:
+        ctx.harness.configure_upstream(events=8, gap_ms=0, ttft_ms=0)
+    out = {"gap_upstream_ms": p.gap_ms, "errors": errors}
+    for label in labels:
+        dev = [abs(g - p.gap_ms) for g in gaps[label]]
+        out[f"{label}_ttfe_p50_ms"] = _pct(ttfe[label], 50)
+        out[f"{label}_ttfe_p99_ms"] = _pct(ttfe[label], 99)
+        out[f"{label}_gap_p50_ms"] = _pct(gaps[label], 50)
+        out[f"{label}_gap_dev_p50_ms"] = _pct(dev, 50)
+        out[f"{label}_gap_dev_p99_ms"] = _pct(dev, 99)
+        out[f"{label}_gap_dev_max_ms"] = _pct(dev, 100)
+        out[f"{label}_coalesced"] = sum(1 for g in gaps[label] if g < p.gap_ms / 4)
+        out[f"{label}_gaps_measured"] = len(gaps[label])
+        if label != "direct":
+            out[f"{label}_ttfe_added_p50_ms"] = _median(
+                [a - b for a, b in zip(medians[label], medians["direct"])
+                 if a is not None and b is not None])
+    return out
+
+
+# -- the soak: one ASGI worker process holding N long streams at once ------------------------
+
+
+@dataclass
+class SoakParams:
+    streams: int = 10_000
+    seconds: float = 60.0
+    interval_ms: float = 500.0
+    ramp: float = None  # seconds over which the streams open; default min(20, seconds / 3)
+    shares: int = 2  # load generator processes
+
+    def ramp_seconds(self):
+        return self.ramp if self.ramp is not None else min(20.0, self.seconds / 3)
+
+
+def count_calls(ctx, db):
+    """The calls in ``db`` by ``status/outcome`` (a Django process of the harness's)."""
+    out = subprocess.run([sys.executable, "-m", "bench.soakgen", "--count"], cwd=ROOT,
+                         env=ctx.harness.django_env(db), capture_output=True, text=True,
+                         timeout=120)
+    if out.returncode != 0:
+        raise RuntimeError(f"counting calls failed: {out.stderr[-1500:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def soak(ctx, gateway, db, sp):
+    """``sp.streams`` concurrent streams of ``sp.seconds`` (an event every
+    ``sp.interval_ms``) through one gateway process, opened over a ramp by ``sp.shares``
+    load generator processes; the gateway's RSS, fds and CPU sampled every 0.5 s; the event
+    gap deviation at the client while all streams were open; the records counted at the end."""
+    from array import array
+
+    from bench.harness import fd_limits, tree_cpu_seconds
+
+    events = max(2, round(sp.seconds * 1000 / sp.interval_ms))
+    ramp = sp.ramp_seconds()
+    ctx.harness.configure_upstream(events=events, gap_ms=sp.interval_ms, ttft_ms=0)
+    headers = {"Authorization": f"Bearer {ctx.harness.client_key}"}
+    body = _stream_body(ctx)
+    upstream_pid = ctx.upstream.pid
+    try:
+        # Warm-up: a few short streams at once, so the pools and imports are in place.
+        ctx.harness.configure_upstream(events=2, gap_ms=0, ttft_ms=0)
+        asyncio.run(_many_streams(gateway.url + "/v1/chat/completions", headers, body, 20,
+                                  0.2, timeout=30))
+        ctx.harness.configure_upstream(events=events, gap_ms=sp.interval_ms, ttft_ms=0)
+        time.sleep(1.0)
+        before = count_calls(ctx, db)
+        idle = {"rss_kb": gateway.rss_kb(), "fds": gateway.fds()}
+        soft, hard = fd_limits(gateway.proc.pid)
+        t0 = time.monotonic() + 1.5  # the generators' start-up
+        plateau = (t0 + ramp + 1.0, t0 + sp.seconds - 1.0)
+        samples = []
+        stop = threading.Event()
+
+        def sample():
+            while not stop.is_set():
+                samples.append((time.monotonic(), gateway.rss_kb(), gateway.fds(),
+                                gateway.cpu_seconds(), tree_cpu_seconds(upstream_pid)))
+                stop.wait(0.5)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        prefix = os.path.join(ctx.workdir, "soak")
+        procs = []
+        for share in range(sp.shares):
+            cmd = [sys.executable, "-m", "bench.soakgen", "--url",
+                   gateway.url + "/v1/chat/completions", "--key", ctx.harness.client_key,
+                   "--streams", str(sp.streams), "--share", str(share), "--shares",
+                   str(sp.shares), "--t0", repr(t0), "--ramp", str(ramp), "--interval-ms",
+                   str(sp.interval_ms), "--events", str(events), "--plateau",
+                   repr(plateau[0]), repr(plateau[1]), "--timeout", str(sp.seconds * 3 + 60),
+                   "--out", f"{prefix}-{share}"]
+            procs.append(subprocess.Popen(cmd, cwd=str(ROOT), env={**os.environ,
+                                                                   "PYTHONPATH": str(ROOT)},
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+        deadline = time.monotonic() + ramp + sp.seconds * 4 + 120
+        gen_errors = []
+        for proc in procs:
+            try:
+                _, err = proc.communicate(timeout=max(1.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                _, err = proc.communicate()
+            if proc.returncode != 0:
+                gen_errors.append(err.decode("utf-8", "replace")[-1500:])
+        ended = time.monotonic()
+        # The record of a stream is finished just after its last event reached the client.
+        settle_deadline = time.monotonic() + 120
+        while True:
+            after = count_calls(ctx, db)
+            running = sum(n for k, n in after.items() if k.startswith(("running", "queued")))
+            if running == 0 or time.monotonic() > settle_deadline:
+                break
+            time.sleep(1.0)
+        settled = time.monotonic() - ended
+        stop.set()
+        sampler.join()
+    finally:
+        ctx.harness.configure_upstream(events=8, gap_ms=0, ttft_ms=0)
+    if gen_errors:
+        raise RuntimeError("load generator failed: " + " | ".join(gen_errors))
+    summaries, deviations = [], array("f")
+    for share in range(sp.shares):
+        with open(f"{prefix}-{share}.json") as fh:
+            summaries.append(json.load(fh))
+        with open(f"{prefix}-{share}.gaps", "rb") as fh:
+            deviations.frombytes(fh.read())
+    kinds = {}
+    for s in summaries:
+        for k, n in s["error_kinds"].items():
+            kinds[k] = kinds.get(k, 0) + n
+    in_plateau = [x for x in samples if plateau[0] <= x[0] <= plateau[1]]
+    plateau_s = (in_plateau[-1][0] - in_plateau[0][0]) if len(in_plateau) > 1 else 0
+    rss_plateau = statistics.median(x[1] for x in in_plateau) if in_plateau else None
+    new = {k: n - before.get(k, 0) for k, n in after.items() if n - before.get(k, 0)}
+    succeeded = sum(n for k, n in new.items() if k.startswith("succeeded"))
+    dev = sorted(deviations)
+    log_text = gateway.log_tail(200_000)
+    out = {
+        "streams": sp.streams, "stream_seconds": sp.seconds, "interval_ms": sp.interval_ms,
+        "events_per_stream": events, "ramp_seconds": ramp, "generators": sp.shares,
+        "server": gateway.extra.get("server"), "workers": gateway.extra.get("workers"),
+        "ok": sum(s["ok"] for s in summaries),
+        "errors": sum(s["errors"] for s in summaries), "error_kinds": kinds,
+        "short_streams": sum(s["short"] for s in summaries),
+        "events_received": sum(s["events"] for s in summaries),
+        "most_open_at_client": sum(s["most_open"] for s in summaries),
+        "ttfe_p50_ms": _median([s["ttfe_p50_ms"] for s in summaries]),
+        "ttfe_max_ms": max((s["ttfe_max_ms"] or 0) for s in summaries),
+        "stream_seconds_p50": _median([s["duration_p50_s"] for s in summaries]),
+        "plateau_seconds": round(plateau_s, 1),
+        "rss_idle_mb": round(idle["rss_kb"] / 1024, 1),
+        "rss_plateau_mb": round(rss_plateau / 1024, 1) if rss_plateau else None,
+        "rss_peak_mb": round(max(x[1] for x in samples) / 1024, 1) if samples else None,
+        "rss_per_stream_kb": (round((rss_plateau - idle["rss_kb"]) / sp.streams, 2)
+                              if rss_plateau else None),
+        "fds_idle": idle["fds"], "fds_peak": max((x[2] for x in samples), default=None),
+        "fd_limit_soft": soft, "fd_limit_hard": hard,
+        "cpu_cores_plateau": (round((in_plateau[-1][3] - in_plateau[0][3]) / plateau_s, 3)
+                              if plateau_s else None),
+        "upstream_cpu_cores_plateau": (round((in_plateau[-1][4] - in_plateau[0][4])
+                                             / plateau_s, 3) if plateau_s else None),
+        "client_cpu_seconds": round(sum(s["cpu_seconds"] for s in summaries), 1),
+        "gaps_measured": len(dev),
+        "gap_dev_p50_ms": _pct(dev, 50), "gap_dev_p99_ms": _pct(dev, 99),
+        "gap_dev_max_ms": _pct(dev, 100),
+        "records": new, "records_succeeded": succeeded,
+        "records_not_succeeded": sp.streams - succeeded,
+        "records_settle_seconds": round(settled, 1),
+        "gateway_log_emfile": log_text.count("Too many open files"),
+        "gateway_log_tracebacks": log_text.count("Traceback"),
+        "gateway_alive": gateway.proc is not None and gateway.proc.poll() is None,
+    }
+    if out["gateway_log_tracebacks"] or out["errors"]:
+        out["gateway_log_tail"] = log_text[-2500:]
+    return out

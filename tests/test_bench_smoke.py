@@ -43,6 +43,41 @@ def test_quick_bench_runs_and_writes_its_table(tmp_path):
     assert data["meta"]["gateway"]["server"] == "granian-wsgi"
 
 
+@pytest.mark.skipif(not os.path.exists("/usr/bin/wrk"), reason="wrk is not installed")
+def test_asgi_beside_wsgi_and_a_short_soak(tmp_path):
+    """Scenarios 9 (ASGI beside WSGI, one run) and a short soak of one ASGI worker: every
+    stream answered, every call recorded succeeded, the gateway's memory and fds sampled."""
+    out = tmp_path / "latest.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "DATABASE_"))}
+    result = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--only",
+         "asgi_latency,asgi_throughput,asgi_streaming,soak", "--soak-streams", "300",
+         "--soak-seconds", "5", "--json", str(out)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    data = json.loads(out.read_text())
+    s = data["scenarios"]
+    assert data["meta"]["asgi_gateway"]["server"] == "uvicorn"
+    for name in ("asgi_latency", "asgi_responses", "asgi_throughput", "asgi_streaming"):
+        assert "error" not in s[name], s[name]
+        assert s[name]["errors"] == 0, s[name]
+    for side in ("wsgi", "asgi"):
+        assert s["asgi_latency"][f"{side}_p50_ms"] > 0
+        assert s["asgi_responses"][f"{side}_p50_ms"] > 0
+        assert s["asgi_throughput"][f"{side}_rps"] > 0
+        assert s["asgi_streaming"][f"{side}_ttfe_p50_ms"] > 0
+        assert s["asgi_streaming"][f"{side}_gaps_measured"] > 0
+    assert s["asgi_throughput"]["asgi_vs_wsgi"] > 0
+    soak = s["soak"]
+    assert "error" not in soak, soak
+    assert soak["errors"] == 0 and soak["ok"] == 300, soak
+    assert soak["records_succeeded"] == 300 and soak["records_not_succeeded"] == 0, soak
+    assert soak["fds_peak"] >= 300 and soak["rss_per_stream_kb"] is not None
+    assert soak["gaps_measured"] > 0 and soak["gap_dev_p99_ms"] is not None
+    assert "| soak: stream errors, one ASGI worker | <= 0 | 0 | met |" in result.stdout
+
+
 @pytest.mark.django_db(transaction=True)
 def test_record_off_writes_no_call_but_still_answers_with_a_call_id(gateway, api_key, settings,
                                                                      upstream):
