@@ -334,12 +334,23 @@ class StreamRelay:
         self._generator = self._relay()
         return self._generator
 
+    def _complete(self):
+        """Whether the stream already ended well: ``[DONE]``, or its family's last named
+        event (a client may hang up right after it: it had the whole answer)."""
+        if self.parser.done:
+            return True
+        kind = getattr(self.call, "kind", None)
+        return kind is not None and kind.stream_format == "events" and kind.stream_done(
+            self.parser.events, False)
+
     def _finish(self, outcome=None, exc=None):
         if self.finished:
             return
         self.finished = True
         checkpointer.forget(self)
         self.parser.close()
+        if outcome == Call.Outcome.CLIENT_DISCONNECTED and self._complete():
+            outcome = Call.Outcome.OK
         response = self.response
         response.elapsed_ms = (time.perf_counter() - self.started) * 1000
         events = self.parser.events

@@ -79,16 +79,9 @@ def brief(row):
 
 
 def assert_stream_ok(row, got_done=True):
-    """The record of a stream the client read to its end: succeeded, ``ok``.
-
-    Today's sync SDK closes the connection as soon as it reads ``data: [DONE]``; the gateway
-    may still be reading the upstream's end of the body then, and records such a complete
-    stream ``client_disconnected`` (the race is forced in
-    :func:`test_client_closing_right_after_done_is_still_ok`, xfail until the gateway is
-    fixed). When that race hit, this test's own point is made already: it is marked xfail."""
-    if got_done and row["outcome"] == "client_disconnected":
-        pytest.xfail("gateway: a stream closed by the client after [DONE] is recorded "
-                     "client_disconnected (see test_client_closing_right_after_done_...)")
+    """The record of a stream the client read to its end: succeeded, ``ok`` (also when the
+    client closed right after ``data: [DONE]``, as today's sync SDK does: see
+    :func:`test_client_closing_right_after_done_is_still_ok`)."""
     assert row["status"] == "succeeded" and row["outcome"] == "ok" and row["stream"], \
         brief(row)
 
@@ -392,9 +385,6 @@ class SlowEndUpstream:
         self.loop.close()
 
 
-@pytest.mark.xfail(strict=True, reason="gateway bug: AsyncStreamRelay records a stream the "
-                   "client read to its [DONE] as client_disconnected when the client closes "
-                   "before the upstream's body has ended")
 def test_client_closing_right_after_done_is_still_ok(asgi_server):
     """Today's sync SDK closes the connection at ``data: [DONE]``. The client got the whole
     answer, so the record must say ``ok``, as under WSGI (where nothing notices the close)."""
