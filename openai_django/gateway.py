@@ -8,6 +8,7 @@ every outcome, which the background task calls with its retry policy. Nobody els
 send, finish and fail.
 """
 
+import asyncio
 import http.client
 import logging
 import threading
@@ -431,6 +432,12 @@ async def aperform(invocation, call):
     call.kind = invocation.kind
     try:
         response = await asend(invocation)
+    except asyncio.CancelledError:
+        # The client hung up while the upstream was still to answer: the request to it is
+        # closed with the cancelled read, and the record says so.
+        await asyncio.shield(db(recorder.fail)(
+            call, None, started=invocation.started, outcome=Call.Outcome.CLIENT_DISCONNECTED))
+        raise
     except Exception as exc:
         await db(recorder.fail)(call, exc, started=invocation.started)
         if isinstance(exc, OpenAIDjangoError):
@@ -439,7 +446,32 @@ async def aperform(invocation, call):
     if response.raw is not None:
         relay = AsyncStreamRelay(call, response, invocation.started)
         return Result(call, response.status, _client_headers(response, call), stream=relay)
-    return await db(settle)(call, invocation, response)
+    return await asyncio.shield(db(settle)(call, invocation, response))
+
+
+async def abegin(begin_in_pool):
+    """Run the first steps of a call (``begin_in_pool``, a sync callable that records it)
+    in the database pool, and see it through if the client hangs up meanwhile: the pool's
+    thread finishes the record's start anyway, so a cancelled caller waits for it and
+    finishes the call as ``client_disconnected`` (nothing was sent upstream)."""
+    from openai_django.threads import db
+
+    task = asyncio.ensure_future(db(begin_in_pool)())
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        begun = await _settled(task)
+        if isinstance(begun, tuple):  # (invocation, call): recorded, never sent
+            await db(recorder.fail)(begun[1], None, outcome=Call.Outcome.CLIENT_DISCONNECTED,
+                                    started=begun[0].started)
+        raise
+
+
+async def _settled(task):
+    try:
+        return await task
+    except Exception:
+        return None
 
 
 class AsyncStreamRelay(StreamRelay):
@@ -450,15 +482,28 @@ class AsyncStreamRelay(StreamRelay):
 
     __iter__ = None  # Django tries iter() first: this relay is async only
 
-    def __aiter__(self):
-        import asyncio
+    #: Seconds Django may take to start relaying the stream it was given. A client that
+    #: hangs up between the view's return and the first read cancels the request without
+    #: Django ever iterating or closing the response: this bounds how long the upstream
+    #: request stays open and the call ``running`` then.
+    START_WITHIN = 10.0
 
+    def __init__(self, call, response, started):
+        super().__init__(call, response, started)
         self._loop = asyncio.get_running_loop()
-        return self._arelay()
+        self._watchdog = self._loop.call_later(self.START_WITHIN, self._unclaimed)
+
+    def _unclaimed(self):
+        if self._generator is None and not self.finished:
+            logger.info("Stream of call %s was never relayed (client gone)", self.call.pk)
+            self._loop.create_task(self._aclose_upstream(Call.Outcome.CLIENT_DISCONNECTED))
+
+    def __aiter__(self):
+        self._watchdog.cancel()
+        self._generator = self._arelay()
+        return self._generator
 
     async def _arelay(self):
-        import asyncio
-
         from openai_django.threads import db
 
         raw = self.response.raw
@@ -493,9 +538,7 @@ class AsyncStreamRelay(StreamRelay):
         if the relay did not (it never started, or was dropped)."""
         if self.finished:
             return
-        import asyncio
-
-        loop = getattr(self, "_loop", None)
-        if loop is not None and loop.is_running():
-            asyncio.run_coroutine_threadsafe(self.response.raw.aclose(), loop)
+        self._watchdog.cancel()
+        if self._loop.is_running():
+            asyncio.run_coroutine_threadsafe(self.response.raw.aclose(), self._loop)
         self._finish(Call.Outcome.CLIENT_DISCONNECTED)

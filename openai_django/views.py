@@ -113,11 +113,9 @@ class AsyncOperationView(OperationView):
     view_is_async = True
 
     async def dispatch(self, request, *args, **kwargs):
-        from openai_django.threads import db
-
         started = time.perf_counter()
         try:
-            begun = await db(self.begin)(request, kwargs, started)
+            begun = await gateway.abegin(lambda: self.begin(request, kwargs, started))
             if isinstance(begun, gateway.Result):
                 return to_response(begun)
             invocation_, call = begun

@@ -385,6 +385,31 @@ class SlowEndUpstream:
         self.loop.close()
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_client_hanging_up_before_the_first_byte_finishes_the_call(asgi, stream):
+    """The client goes while the gateway still waits for the upstream's first byte (a slow
+    model): the view's await is cancelled, and the call must not stay ``running``."""
+    site, server, upstream = asgi
+    upstream.fault(path="/v1/chat/completions", kind="delay", seconds=20, times=1)
+    before = {c["id"] for c in site.calls()}
+    payload = json.dumps({**CHAT, "stream": stream}).encode()
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    sock.sendall((f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n"
+                  f"Authorization: {site.headers['Authorization']}\r\n"
+                  f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n"
+                  f"\r\n").encode() + payload)
+    deadline = time.monotonic() + 10
+    while not [r for r in upstream.requests() if r["path"] == "/v1/chat/completions"]:
+        assert time.monotonic() < deadline, "the stand-in never got the call"
+        time.sleep(0.02)
+    (call_id,) = {c["id"] for c in site.calls()} - before
+    hung_up = time.monotonic()
+    sock.close()
+    row = site.wait_call(call_id, finished, timeout=5)
+    assert time.monotonic() - hung_up < 2.0
+    assert row["status"] == "failed" and row["outcome"] == "client_disconnected", brief(row)
+
+
 def test_client_closing_right_after_done_is_still_ok(asgi_server):
     """Today's sync SDK closes the connection at ``data: [DONE]``. The client got the whole
     answer, so the record must say ``ok``, as under WSGI (where nothing notices the close)."""
