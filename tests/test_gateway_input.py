@@ -96,3 +96,28 @@ def test_one_user_agent_goes_upstream_naming_the_client_and_the_gateway(http, up
     # One header (the stand-in joins repeated ones with ", "), the client's agent first.
     agent = upstream.requests()[-1]["headers"]["user-agent"]
     assert agent == f"my-app/1.0 openai-django/{__version__}"
+
+
+def test_too_many_file_parts_is_a_400_not_a_500(http, upstream):
+    parts = [("image", (f"i{i}.png", b"\x89PNG\r\n\x1a\n" + b"0" * 16, "image/png"))
+             for i in range(101)]
+    response = http.post(f"{http.base}/images/variations", files=parts)
+    assert response.status_code == 400, response.text
+    assert "multipart body could not be read" in response.json()["error"]["message"]
+
+
+def test_rest_downloads_never_run_as_a_page(http, upstream):
+    # An upload claiming to be HTML: its download is an attachment that runs nothing.
+    response = http.post(f"{http.base}/files", data={"purpose": "assistants"},
+                         files={"file": ("x.html", b"<script>alert(1)</script>", "text/html")})
+    assert response.status_code == 200, response.text
+    call = Call.objects.get(pk=response.headers["X-Call-Id"])
+    artifact = call.artifacts.get(role="upload")
+    download = http.get(f"{http.base}/calls/{call.pk}/artifacts/{artifact.pk}")
+    assert download.status_code == 200 and download.content == b"<script>alert(1)</script>"
+    assert download.headers["X-Content-Type-Options"] == "nosniff"
+    assert download.headers["Content-Security-Policy"] == "default-src 'none'; sandbox"
+    assert download.headers["Content-Disposition"].startswith("attachment")
+    recorded = http.get(f"{http.base}/calls/{call.pk}/response")
+    assert recorded.headers["Content-Security-Policy"] == "default-src 'none'; sandbox"
+    assert recorded.headers["X-Content-Type-Options"] == "nosniff"
