@@ -80,14 +80,19 @@ class OperationView(View):
         return operation
 
     def perform(self, request, operation, path_kwargs, key, started):
+        return to_response(gateway.run(self.build(request, operation, path_kwargs, key,
+                                                  started)))
+
+    def build(self, request, operation, path_kwargs, key, started):
+        """The request's invocation; one refused (bad body, too large...) is recorded as a
+        rejected call before the error goes out."""
         try:
-            call = invocation.from_request(request, operation, path_kwargs, user=key.user,
+            return invocation.from_request(request, operation, path_kwargs, user=key.user,
                                            api_key=key, started=started)
         except OpenAIDjangoError as exc:
             if getattr(exc, "invocation", None) is not None:
                 exc.call = recorder.reject(exc.invocation, exc)
             raise
-        return to_response(gateway.run(call))
 
 
 class PassthroughView(OperationView):
@@ -127,14 +132,7 @@ class AsyncOperationView(OperationView):
         """Key, operation, body and the record first: ``(invocation, call)``, or the
         :class:`~openai_django.gateway.Result` when there is nothing to send."""
         key = authenticate_key(request.META.get("HTTP_AUTHORIZATION", ""))
-        operation = self.operation_for(request, key)
-        try:
-            built = invocation.from_request(request, operation, path_kwargs, user=key.user,
-                                            api_key=key, started=started)
-        except OpenAIDjangoError as exc:
-            if getattr(exc, "invocation", None) is not None:
-                exc.call = recorder.reject(exc.invocation, exc)
-            raise
+        built = self.build(request, self.operation_for(request, key), path_kwargs, key, started)
         begun = gateway.begin(built)
         return begun if isinstance(begun, gateway.Result) else (built, begun)
 
