@@ -288,6 +288,15 @@ def _failure(exc):
     return UpstreamUnavailable(f"The upstream API could not be reached: {_reason(exc)}")
 
 
+def client_options():
+    """The keywords an upstream client (sync or async) is built with, from settings."""
+    return {"base_url": app_settings.BASE_URL, "api_key": app_settings.API_KEY,
+            "organization": app_settings.ORGANIZATION,
+            "connect_timeout": app_settings.CONNECT_TIMEOUT,
+            "read_timeout": app_settings.READ_TIMEOUT, "pool_size": app_settings.POOL_SIZE,
+            "admin_api_key": app_settings.ADMIN_API_KEY}
+
+
 def get_client():
     """The process-wide upstream client, built on first use from settings."""
     global _client
@@ -295,15 +304,7 @@ def get_client():
     if client is None:
         with _client_lock:
             if _client is None:
-                _client = UpstreamClient(
-                    app_settings.BASE_URL,
-                    app_settings.API_KEY,
-                    organization=app_settings.ORGANIZATION,
-                    connect_timeout=app_settings.CONNECT_TIMEOUT,
-                    read_timeout=app_settings.READ_TIMEOUT,
-                    pool_size=app_settings.POOL_SIZE,
-                    admin_api_key=app_settings.ADMIN_API_KEY,
-                )
+                _client = UpstreamClient(**client_options())
             client = _client
     return client
 

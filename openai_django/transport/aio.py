@@ -53,9 +53,8 @@ from urllib.parse import urlsplit
 
 from django.core.signals import setting_changed
 
-from openai_django.conf import app_settings
 from openai_django.errors import UpstreamTimeout, UpstreamUnavailable
-from openai_django.upstream import UpstreamResponse, request_headers
+from openai_django.upstream import UpstreamResponse, client_options, request_headers
 
 logger = logging.getLogger("openai_django.transport")
 
@@ -521,15 +520,7 @@ def get_async_client():
     loop = asyncio.get_running_loop()
     client = _clients.get(loop)
     if client is None:
-        client = AsyncUpstreamClient(
-            app_settings.BASE_URL,
-            app_settings.API_KEY,
-            organization=app_settings.ORGANIZATION,
-            connect_timeout=app_settings.CONNECT_TIMEOUT,
-            read_timeout=app_settings.READ_TIMEOUT,
-            pool_size=app_settings.POOL_SIZE,
-            admin_api_key=app_settings.ADMIN_API_KEY,
-        )
+        client = AsyncUpstreamClient(**client_options())
         with _clients_lock:
             client = _clients.setdefault(loop, client)
     return client
