@@ -121,10 +121,11 @@ def gateway_check(standin):
         if not fuzzing.is_server_error(case, response):
             return None
         agent = response.request.headers.get("User-Agent")
-        # The gateway sends its own User-Agent and the client's (the stand-in logs them
-        # joined: "openai-django/0.1.0, openai-django-fuzz/7").
+        # The gateway sends one User-Agent: the client's agent, then its own
+        # ("openai-django-fuzz/7 openai-django/0.1.0").
         upstream = [entry for entry in standin.requests()
-                    if agent in (entry.get("headers", {}).get("user-agent") or "").split(", ")]
+                    if (entry.get("headers", {}).get("user-agent") or "").split(" ")[0]
+                    == agent]
         relayed = bool(upstream) and upstream[-1].get("status") == response.status_code
         try:
             error = response.json().get("error") or {}
