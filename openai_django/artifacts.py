@@ -31,6 +31,8 @@ def save_artifact(call, role, data, *, name="", content_type="", field="", index
     """Store ``data`` (bytes) as an artifact of ``call``; returns the Artifact."""
     from openai_django.models import Artifact
 
+    # A NUL in a client's file or field name is no part of a name (and PostgreSQL refuses it).
+    name, field = name.replace("\x00", ""), field.replace("\x00", "")
     content_type = content_type or guess_type(name)
     if not name:
         name = f"{role}-{index}{_EXTENSIONS.get(content_type, '')}"

@@ -6,6 +6,7 @@ one prepared INSERT when a call starts, one prepared UPDATE of the named fields 
 (:meth:`CallManager.transition`) for the moves between states that several processes race for.
 """
 
+import orjson
 from django.contrib.contenttypes.models import ContentType
 from django.db import DatabaseError, connections, models, router
 from django.db.models import signals as model_signals
@@ -22,20 +23,56 @@ _PLAIN_FIELDS = (models.CharField, models.TextField, models.IntegerField, models
 
 def _converter(conn, field):
     """A function from a field's Python value to its database value, as the ORM's save would
-    bind it; plain values of plain fields pass as they are."""
+    bind it; plain values of plain fields pass as they are.
+
+    On PostgreSQL, text and jsonb cannot hold a NUL character (``\u0000``), which any client
+    may send in a prompt, a name or a header: it is recorded as U+FFFD there (what was sent
+    upstream is unchanged), so such a call is recorded instead of failing with a 500.
+    """
     plain = isinstance(field, _PLAIN_FIELDS)
     if field.is_relation:
         plain = isinstance(field.target_field, (models.AutoField, models.BigAutoField,
                                                 models.IntegerField))
+    no_nul = conn.vendor == "postgresql"
     if plain:
         def convert(value, field=field):
-            if value is None or type(value) in (str, int, float, bool):
+            if type(value) is str:
+                return value.replace("\x00", "\ufffd") if no_nul and "\x00" in value else value
+            if value is None or type(value) in (int, float, bool):
                 return value
             return field.get_db_prep_save(value, connection=conn)
+    elif no_nul and isinstance(field, models.JSONField):
+        def convert(value, field=field, conn=conn):
+            return field.get_db_prep_save(without_nul(value), connection=conn)
     else:
         def convert(value, field=field, conn=conn):
             return field.get_db_prep_save(value, connection=conn)
     return convert
+
+
+def without_nul(value):
+    """``value`` with every NUL character in its strings (keys too) replaced by U+FFFD; the
+    value itself when it has none (one scan of its JSON, no copy)."""
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    try:
+        if b"\\u0000" not in orjson.dumps(value):
+            return value
+    except TypeError:
+        return value
+    return _replace_nul(value)
+
+
+def _replace_nul(value):
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, dict):
+        return {_replace_nul(k): _replace_nul(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_replace_nul(v) for v in value]
+    return value
 
 
 class CallQuerySet(models.QuerySet):

@@ -11,12 +11,13 @@ import time
 from dataclasses import replace
 
 import orjson
-from django.db import transaction
+from django.db import connections, router, transaction
 from django.utils import timezone
 
 from openai_django import kinds, process, signals
 from openai_django.artifacts import failed_artifact, fetch_image, save_artifact
 from openai_django.conf import app_settings
+from openai_django.managers import without_nul
 from openai_django.models import Artifact, Call
 from openai_django.sse import SSEParser
 
@@ -400,11 +401,13 @@ def checkpoint(call, events):
             or not app_settings.RECORD_STREAM_EVENTS:
         return
     kind = _kind(call)
+    events = redact(list(events), call, "stream_events")
+    text = redact(kind.assemble(events, call.request_body).text, call, "output_text")
+    if connections[router.db_for_write(Call)].vendor == "postgresql":
+        events, text = without_nul(events), without_nul(text)  # see managers._converter
     # Only while the call runs: a late checkpoint never overwrites the finished record.
     Call.objects.filter(pk=call.pk, status=Call.Status.RUNNING).update(
-        stream_events=redact(list(events), call, "stream_events"),
-        output_text=redact(kind.assemble(events, call.request_body).text, call,
-                           "output_text"))
+        stream_events=events, output_text=text)
 
 
 def _send_signal(call):

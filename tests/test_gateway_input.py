@@ -121,3 +121,21 @@ def test_rest_downloads_never_run_as_a_page(http, upstream):
     recorded = http.get(f"{http.base}/calls/{call.pk}/response")
     assert recorded.headers["Content-Security-Policy"] == "default-src 'none'; sandbox"
     assert recorded.headers["X-Content-Type-Options"] == "nosniff"
+
+
+def test_a_nul_character_is_recorded_not_a_500(http, upstream):
+    # PostgreSQL's text and jsonb refuse U+0000 (the fuzzer found 500s there): the call is
+    # forwarded as sent and recorded, the NUL kept where the database can (SQLite) and
+    # replaced by U+FFFD where it cannot.
+    from django.db import connection
+
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "a\u0000b"}],
+            "user": "x\u0000"}
+    response = http.post(f"{http.base}/chat/completions", json=body)
+    assert response.status_code == 200, response.text
+    assert upstream.requests()[-1]["body"] == body
+    call = Call.objects.get(pk=response.headers["X-Call-Id"])
+    kept = "\ufffd" if connection.vendor == "postgresql" else "\u0000"
+    assert call.status == Call.Status.SUCCEEDED
+    assert call.prompt_preview == f"a{kept}b"
+    assert call.request_body["messages"][0]["content"] == f"a{kept}b"
