@@ -165,18 +165,10 @@ def _latency_summary(rounds):
 # -- 2. throughput at saturation -----------------------------------------------------------
 
 
-def throughput(ctx, unrecorded=None, others=None):
-    """Requests per second with full recording, with recording off, and direct: interleaved."""
-    p = ctx.params
-    body = json.dumps(CHAT).encode()
-    gw_script, direct_script = _scripts(ctx, "tput", body)
-    targets = [("recorded", ctx.gateway.url + "/v1/chat/completions", gw_script, ctx.gateway)]
-    if unrecorded is not None:
-        targets.append(("unrecorded", unrecorded.url + "/v1/chat/completions", gw_script,
-                        unrecorded))
-    for label, server in (others or {}).items():
-        targets.append((label, server.url + "/v1/chat/completions", gw_script, server))
-    targets.append(("direct", ctx.upstream.url + "/chat/completions", direct_script, None))
+def _saturate(p, targets):
+    """wrk at saturation on each ``(label, url, script, server)`` target, interleaved round
+    by round after a warm-up: ``(results by label, figures)`` with each label's median req/s,
+    p50, p99, errors and CPU per request (of the server's processes)."""
     c = p.throughput_connections
     for _, url, script, _ in targets:
         run_wrk(url, script, connections=c, seconds=p.warmup_seconds)
@@ -198,6 +190,22 @@ def throughput(ctx, unrecorded=None, others=None):
         out[f"{label}_errors"] = sum(r.errors for r in results)
         if cpu[label]:
             out[f"{label}_cpu_us_per_request"] = _median(cpu[label])
+    return figures, out
+
+
+def throughput(ctx, unrecorded=None, others=None):
+    """Requests per second with full recording, with recording off, and direct: interleaved."""
+    p = ctx.params
+    body = json.dumps(CHAT).encode()
+    gw_script, direct_script = _scripts(ctx, "tput", body)
+    targets = [("recorded", ctx.gateway.url + "/v1/chat/completions", gw_script, ctx.gateway)]
+    if unrecorded is not None:
+        targets.append(("unrecorded", unrecorded.url + "/v1/chat/completions", gw_script,
+                        unrecorded))
+    for label, server in (others or {}).items():
+        targets.append((label, server.url + "/v1/chat/completions", gw_script, server))
+    targets.append(("direct", ctx.upstream.url + "/chat/completions", direct_script, None))
+    figures, out = _saturate(p, targets)
     if unrecorded is not None:
         out["recorded_vs_unrecorded"] = _median(
             [a.rps / b.rps for a, b in zip(figures["recorded"], figures["unrecorded"])
@@ -545,27 +553,7 @@ def compare_throughput(ctx, gateways):
     targets = [(label, g.url + "/v1/chat/completions", gw_script, g)
                for label, g in gateways.items()]
     targets.append(("direct", ctx.upstream.url + "/chat/completions", direct_script, None))
-    c = p.throughput_connections
-    for _, url, script, _ in targets:
-        run_wrk(url, script, connections=c, seconds=p.warmup_seconds)
-    figures = {label: [] for label, *_ in targets}
-    cpu = {label: [] for label, *_ in targets}
-    for _ in range(p.throughput_rounds):
-        for label, url, script, server in targets:
-            before = server.cpu_seconds() if server else None
-            result = run_wrk(url, script, connections=c, seconds=p.throughput_seconds)
-            figures[label].append(result)
-            if server:
-                cpu[label].append((server.cpu_seconds() - before) / max(result.requests, 1)
-                                  * 1e6)
-    out = {"connections": c, "rounds": p.throughput_rounds}
-    for label, results in figures.items():
-        out[f"{label}_rps"] = _median([r.rps for r in results])
-        out[f"{label}_p50_ms"] = _median([r.p50_ms for r in results])
-        out[f"{label}_p99_ms"] = _median([r.p99_ms for r in results])
-        out[f"{label}_errors"] = sum(r.errors for r in results)
-        if cpu[label]:
-            out[f"{label}_cpu_us_per_request"] = _median(cpu[label])
+    figures, out = _saturate(p, targets)
     if "asgi" in figures and "wsgi" in figures:
         out["asgi_vs_wsgi"] = _median([a.rps / b.rps for a, b in
                                        zip(figures["asgi"], figures["wsgi"]) if b.rps])
