@@ -22,6 +22,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from openai_django import artifacts
 from openai_django.artifacts import FetchRefused, fetch_image, is_inline_safe
 
+pytestmark = pytest.mark.once  # no database or storage of the run's own
+
 NAME = "images.example.test"
 OTHER = "other.example.test"
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 2

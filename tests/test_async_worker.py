@@ -20,7 +20,9 @@ from tests.fixtures.celery_worker import wait_for
 
 pytestmark = pytest.mark.slow
 
-BOTH_BROKERS = pytest.mark.parametrize("celery_broker", ["redis", "filesystem"], indirect=True)
+# The filesystem broker (the demo's, beside SQLite) is run once; Redis in both runs.
+BOTH_BROKERS = pytest.mark.parametrize(
+    "celery_broker", ["redis", pytest.param("filesystem", marks=pytest.mark.once)], indirect=True)
 CHAT = "/v1/chat/completions"
 
 

@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.skipif(not os.path.exists("/usr/bin/wrk"), reason="wrk is not installed")
+@pytest.mark.once  # the bench makes databases of its own
 def test_quick_bench_runs_and_writes_its_table(tmp_path):
     out = tmp_path / "latest.json"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "DATABASE_"))}
@@ -44,6 +45,7 @@ def test_quick_bench_runs_and_writes_its_table(tmp_path):
 
 
 @pytest.mark.skipif(not os.path.exists("/usr/bin/wrk"), reason="wrk is not installed")
+@pytest.mark.once
 def test_asgi_beside_wsgi_and_a_short_soak(tmp_path):
     """Scenarios 9 (ASGI beside WSGI, one run) and a short soak of one ASGI worker: every
     stream answered, every call recorded succeeded, the gateway's memory and fds sampled."""

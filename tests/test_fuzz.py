@@ -88,6 +88,7 @@ def server_error(kind):
 
 
 @pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.once  # the stand-in alone: no database
 def test_standin_answers_no_5xx(version, fuzz_standin, seed, capsys, request):
     schema, load_seconds = fuzzing.load(version)
     report = fuzzing.Report("stand-in", version, seed, fuzzing.env_examples(STANDIN_EXAMPLES),

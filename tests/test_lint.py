@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.once  # no database or storage of the run's own
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

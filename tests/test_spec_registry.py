@@ -8,6 +8,8 @@ import pytest
 from openai_django import spec
 from openai_django.spec import get_registry
 
+pytestmark = pytest.mark.once  # no database or storage of the run's own
+
 ONLY_1_2_0 = {
     "listEngines", "retrieveEngine", "createSearch", "createAnswer", "createClassification",
     "createEdit", "createFineTune", "listFineTunes", "retrieveFineTune", "cancelFineTune",

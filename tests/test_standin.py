@@ -28,6 +28,8 @@ import requests
 
 from openai_django.testing import StandinError, StandinServer
 
+pytestmark = pytest.mark.once  # no database or storage of the run's own
+
 ROOT = Path(__file__).resolve().parents[1]
 AUTH = {"Authorization": "Bearer sk-test-abcd1234"}
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

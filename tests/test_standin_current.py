@@ -22,6 +22,8 @@ from openai_django.testing import StandinServer
 from openai_django.testing.app import StandinApp
 from openai_django.testing.specs import load_operations
 
+pytestmark = pytest.mark.once  # no database or storage of the run's own
+
 AUTH = {"Authorization": "Bearer sk-test-current"}
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 WEATHER = {"type": "function", "name": "get_weather", "description": "Current weather",

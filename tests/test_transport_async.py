@@ -19,6 +19,8 @@ from openai_django import __version__
 from openai_django.errors import UpstreamTimeout, UpstreamUnavailable
 from openai_django.transport import AsyncUpstreamClient, close_async_client, get_async_client
 
+pytestmark = pytest.mark.once  # no database or storage of the run's own
+
 CHAT = orjson.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
 STREAM = orjson.dumps({"model": "gpt-4o-mini", "stream": True,
                        "messages": [{"role": "user", "content": "hi"}]})

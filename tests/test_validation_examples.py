@@ -9,6 +9,8 @@ from openai_django.errors import InvalidRequest
 from openai_django.spec import get_registry
 from openai_django.validation import validate_form, validate_json, validate_query
 
+pytestmark = pytest.mark.once  # no database or storage of the run's own
+
 # Examples the spec itself gets wrong (the schema is right, the example is not); each is
 # checked to keep failing, so a fixed spec shows up here. Where the schema is the one that is
 # wrong (a field it requires that the API does not), validation.OPTIONAL relaxes it instead.
