@@ -138,30 +138,52 @@ def refusal_reason(call, code):
     return "invalid" if 400 <= status < 500 else "other"
 
 
+class _Children:
+    """The metrics' children of one (operation, model, status, outcome): ``labels()`` is
+    looked up once per label set, not on every call."""
+
+    __slots__ = ("calls", "latency", "upstream", "tokens", "cost")
+
+    def __init__(self, m, labels, outcome):
+        self.calls = m.calls.labels(*labels, outcome)
+        self.latency = m.latency.labels(*labels)
+        self.upstream = m.upstream.labels(*labels)
+        self.tokens = {kind: m.tokens.labels(*labels, kind)
+                       for kind in ("prompt", "completion", "cached", "reasoning")}
+        self.cost = m.cost.labels(*labels)
+
+
+_children = {}
+
+
 def observe(call):
     """Count one finished call (its record is saved)."""
     m = get()
     operation, model, status = call.operation or "", _model_label(call), call.status or ""
-    labels = (operation, model, status)
     outcome = call.outcome or ""
-    m.calls.labels(*labels, outcome).inc()
+    key = (operation, model, status, outcome)
+    children = _children.get(key)
+    if children is None:
+        children = _children.setdefault(key, _Children(m, key[:3], outcome))
+    children.calls.inc()
     rejected = outcome == "rejected"
     if status != "succeeded":
         code = _code(call)
-        m.errors.labels(*labels, outcome, code).inc()
+        m.errors.labels(operation, model, status, outcome, code).inc()
         if rejected:
             m.refusals.labels(operation, model, refusal_reason(call, code), code).inc()
     if not rejected:
         if call.latency_ms is not None:
-            m.latency.labels(*labels).observe(call.latency_ms / 1000)
+            children.latency.observe(call.latency_ms / 1000)
         if call.upstream_latency_ms is not None:
-            m.upstream.labels(*labels).observe(call.upstream_latency_ms / 1000)
+            children.upstream.observe(call.upstream_latency_ms / 1000)
+    tokens = children.tokens
     for kind, value in (("prompt", call.prompt_tokens), ("completion", call.completion_tokens),
                         ("cached", call.cached_tokens), ("reasoning", call.reasoning_tokens)):
         if value:
-            m.tokens.labels(*labels, kind).inc(value)
+            tokens[kind].inc(value)
     if call.cost_usd:
-        m.cost.labels(*labels).inc(float(call.cost_usd))
+        children.cost.inc(float(call.cost_usd))
 
 
 def on_call_ended(sender, call, **kwargs):
