@@ -36,6 +36,15 @@ def main(argv=None):
         "responses o3": Call(model="o3", operation="createResponse", status="succeeded",
                              created=now, prompt_tokens=500, completion_tokens=900,
                              total_tokens=1400, reasoning_tokens=640),
+        "responses gpt-5.4, 300K prompt (tiered)": Call(
+            model="gpt-5.4", operation="createResponse", status="succeeded", created=now,
+            prompt_tokens=300_000, completion_tokens=900, total_tokens=300_900),
+        "image gpt-image-1": Call(
+            model="gpt-image-1", operation="createImage", status="succeeded", created=now,
+            prompt_tokens=50, completion_tokens=4160, total_tokens=4210,
+            response_body={"data": [{}], "usage": {
+                "input_tokens": 50, "output_tokens": 4160, "total_tokens": 4210,
+                "input_tokens_details": {"text_tokens": 50, "image_tokens": 0}}}),
         "embedding": Call(model="text-embedding-3-small", operation="createEmbedding",
                           status="succeeded", created=now, prompt_tokens=80, total_tokens=80),
         "image dall-e-3": Call(model="dall-e-3", operation="createImage", status="succeeded",

@@ -111,12 +111,9 @@ def _model_label(call):
     model = (call.model or "")[:100]
     if not model or call.status == "succeeded":
         return model
-    from openai_django import pricing
+    from openai_django.pricing import is_known
 
-    if pricing._override_for(model)[0] or pricing._database_model(model) is not None \
-            or pricing._match(pricing.FALLBACK_PRICES, model)[0] is not None:
-        return model
-    return "other"
+    return model if is_known(model) else "other"
 
 
 def _code(call):

@@ -67,9 +67,16 @@ _PROBE_BASE = {
 }
 
 
+def clear_caches():
+    """Forget every cached lookup (after a site swapped genai-prices' data at run time, e.g.
+    with its ``UpdatePrices``; a settings change clears them by itself)."""
+    for cached in (_override_for, _database_model, _dated_only, _thresholds, _rates):
+        cached.cache_clear()
+
+
 def _reset(*, setting, **kwargs):
     if setting == "OPENAI_DJANGO":
-        _override_for.cache_clear()
+        clear_caches()
 
 
 setting_changed.connect(_reset, dispatch_uid="openai_django.pricing.reset")
@@ -110,6 +117,13 @@ def _database_model(model):
         return get_snapshot().find_provider_model(model, None, PROVIDER, None)
     except LookupError:
         return None
+
+
+def is_known(model):
+    """Whether a price is known for the model name (the site's, the database's or the
+    fallback's): a real model, not a typo."""
+    return bool(model) and (_override_for(model)[0] or _database_model(model) is not None
+                            or _match(FALLBACK_PRICES, model)[0] is not None)
 
 
 def _default_model(model, basis):
@@ -164,9 +178,11 @@ def estimate_cost(call, kind=None):
         found = _database_model(model)
         if found is not None:
             cost = _database_cost(call, model, found, basis)
-        else:
+        elif basis == "image":
             _, entry = _match(FALLBACK_PRICES, model)
             cost = _image_cost(call, entry) if entry else None
+        else:
+            cost = None
     return None if cost is None else cost.quantize(MICRO)
 
 
