@@ -266,3 +266,37 @@ def test_two_gateway_processes_scrape_the_same_counts_as_the_records(gateway_sit
             scraped = parse(response.read().decode())
         assert_matches(scraped, expected)
     assert site.get(sync, "/metrics")[0] == 403  # the client's key is not the metrics token
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("celery_broker", ["filesystem"], indirect=True)
+def test_background_calls_count_in_the_worker_that_finished_them(
+        celery_broker, http, upstream, settings, celery_worker_factory, tmp_path, monkeypatch):
+    """A Celery worker counts the calls it performs into the host's multiprocess directory,
+    where any web process's scrape reads them."""
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    from tests.fixtures.celery_worker import wait_for
+
+    metrics_dir = tmp_path / "prometheus"
+    metrics_dir.mkdir()
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(metrics_dir))
+    enable(settings)
+    celery_worker_factory()
+    upstream.fault(path="/v1/chat/completions", kind="status", status=400, message="no",
+                   times=1)
+    ids = []
+    for text in ("one", "two", "three"):
+        response = http.post(f"{http.base}/chat/completions", headers={
+            "Prefer": "respond-async"}, json={"model": "gpt-4o-mini", "messages": [
+                {"role": "user", "content": text}]})
+        assert response.status_code == 202, response.text
+        ids.append(response.json()["id"])
+    wait_for(lambda: Call.objects.filter(pk__in=ids, finished_at__isnull=False).count() == 3,
+             60, message="the worker finishing the calls")
+    rows = records()
+    assert sorted(r["status"] for r in rows) == ["failed", "succeeded", "succeeded"]
+    registry = CollectorRegistry()
+    registry.register(MultiProcessCollector(None, path=str(metrics_dir)))
+    assert_matches(parse(generate_latest(registry).decode()), expected_from(rows))
