@@ -10,6 +10,7 @@ class OpenAIDjangoConfig(AppConfig):
         from openai_django import (  # noqa: F401 - registers checks/receivers
             checks,
             handlers,
+            metrics,
             recovery,
             retention,
         )

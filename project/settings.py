@@ -176,6 +176,11 @@ OPENAI_DJANGO = {
     # a decision a site takes, not a default it inherits (check openai_django.W005).
     "RETENTION": {"bodies": 30, "artifacts": 30, "metadata": 365},
 }
+# OPENAI_DJANGO_METRICS_TOKEN=<token>: Prometheus metrics at /metrics for that bearer token (and
+# staff sessions); unset: off.
+if os.environ.get("OPENAI_DJANGO_METRICS_TOKEN"):
+    OPENAI_DJANGO["METRICS"] = {"TOKEN": os.environ["OPENAI_DJANGO_METRICS_TOKEN"],
+                                "STAFF": True}
 OPENAI_DJANGO_STANDIN = env_bool("OPENAI_DJANGO_STANDIN", False)
 
 REST_FRAMEWORK = {
