@@ -8,9 +8,11 @@ class OpenAIDjangoConfig(AppConfig):
 
     def ready(self):
         from openai_django import (  # noqa: F401 - registers checks/receivers
+            access,
             checks,
             handlers,
             metrics,
+            policy,
             recovery,
             retention,
         )

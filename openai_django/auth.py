@@ -134,11 +134,29 @@ def _authenticate_orm(hashed, raw):
 
 
 class APIKeyAuthentication(BaseAuthentication):
-    """DRF authentication with the site's keys; sets ``request.auth`` to the APIKey."""
+    """DRF authentication with the site's keys; sets ``request.auth`` to the APIKey.
+
+    A request with no ``Authorization`` header, or one of another scheme, is left to the next
+    class (DRF's convention: ``SessionAuthentication`` after it, in
+    ``AUTHENTICATION_CLASSES``); a Bearer key that is not valid is refused outright."""
+
+    needs_site_middleware = False
 
     def authenticate(self, request):
-        key = authenticate_key(request.META.get("HTTP_AUTHORIZATION", ""))
+        header = request.META.get("HTTP_AUTHORIZATION", "")
+        if not header or header.partition(" ")[0].lower() != "bearer":
+            return None
+        key = authenticate_key(header)
         return key.user, key
 
     def authenticate_header(self, request):
         return 'Bearer realm="api"'
+
+
+def needs_site_middleware():
+    """Whether the gateway's operation views need the site's middleware (sessions,
+    ``request.user``) to authenticate: ``False`` unless ``AUTHENTICATION_CLASSES`` names such a
+    class (see :func:`openai_django.access.needs_site_middleware`)."""
+    from openai_django.access import needs_site_middleware
+
+    return needs_site_middleware()

@@ -130,6 +130,19 @@ DEFAULTS = {
     "METRICS": None,
     # How many recent calls the REST log returns at most per page.
     "LOG_PAGE_MAX": 100,
+    # Who may call /v1/ besides issued keys: DRF authentication classes (dotted paths), tried
+    # in order, e.g. ["openai_django.auth.APIKeyAuthentication",
+    # "rest_framework.authentication.SessionAuthentication"] for the site's own logged-in
+    # users (CSRF enforced). None: issued keys only, checked without DRF (the fast path).
+    "AUTHENTICATION_CLASSES": None,
+    # DRF throttle classes run against every /v1/ call (429 + Retry-After, recorded as
+    # rejected). None: REST_FRAMEWORK["DEFAULT_THROTTLE_CLASSES"]; [] for none.
+    "THROTTLE_CLASSES": None,
+    # The site's pre-call policy: a dotted path (or a list) to ``check(request)`` called
+    # with an openai_django.policy.CallRequest before anything is sent; it refuses by
+    # returning a reason or raising openai_django.policy.Refused (403, recorded). See also
+    # the openai_django.signals.before_call signal.
+    "BEFORE_CALL": None,
 }
 
 # Settings that name a dotted path to import.

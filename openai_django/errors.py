@@ -6,6 +6,7 @@ and :func:`exception_handler` is the one place an exception becomes a response.
 """
 
 import logging
+import math
 
 import orjson
 from django.http import HttpResponse
@@ -190,7 +191,9 @@ def exception_handler(exc, context=None):
     if isinstance(exc, drf.PermissionDenied):
         return PermissionDenied(str(exc.detail)).response()
     if isinstance(exc, drf.Throttled):
-        return Throttled(str(exc.detail)).response()
+        wait = getattr(exc, "wait", None)
+        return Throttled(str(exc.detail), headers={"Retry-After": str(math.ceil(wait))}
+                         if wait is not None else None).response()
     if isinstance(exc, drf.APIException):
         return error_response(error_body(str(exc.detail), code=exc.default_code),
                               exc.status_code)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import orjson
 from django.db import IntegrityError, connections
 
-from openai_django import recorder
+from openai_django import policy, recorder
 from openai_django.conf import app_settings
 from openai_django.errors import (
     Conflict,
@@ -89,6 +89,7 @@ def begin(invocation):
     existing = _idempotent(invocation)
     if existing is not None:
         return existing
+    policy.check(invocation)  # the site's pre-call hook (BEFORE_CALL, signals.before_call)
     try:
         if invocation.mode == Call.Mode.ASYNC:
             from openai_django import tasks

@@ -6,9 +6,14 @@
 
 Both are sent after the record is saved, in the process that performed the call (the web
 process for sync and stream calls, the Celery worker for background calls).
+
+``before_call(sender=CallRequest, request=<openai_django.policy.CallRequest>)``: a call is about
+to be made (nothing recorded or sent yet); a receiver refuses it by returning a reason or
+raising ``openai_django.policy.Refused`` (see openai_django/policy.py).
 """
 
 from django.dispatch import Signal
 
 call_finished = Signal()
 call_failed = Signal()
+before_call = Signal()

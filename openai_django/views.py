@@ -19,7 +19,7 @@ from rest_framework.permissions import IsAuthenticated
 from rest_framework.renderers import JSONRenderer
 from rest_framework.views import APIView
 
-from openai_django import gateway, invocation, recorder
+from openai_django import access, gateway, invocation, recorder
 from openai_django.auth import APIKeyAuthentication, authenticate_key
 from openai_django.conf import app_settings
 from openai_django.errors import (
@@ -53,20 +53,34 @@ class OperationView(View):
 
     @classmethod
     def as_view(cls, **initkwargs):
-        # Bearer keys, never cookies: there is no CSRF to check (for every subclass's
-        # dispatch, sync or async).
+        # Bearer keys carry no cookies: no CSRF to check (for every subclass's dispatch, sync
+        # or async). A session accepted by AUTHENTICATION_CLASSES has its CSRF checked there,
+        # as DRF's SessionAuthentication checks it.
         return csrf_exempt(super().as_view(**initkwargs))
 
     def dispatch(self, request, *args, **kwargs):
         started = time.perf_counter()
         try:
-            key = authenticate_key(request.META.get("HTTP_AUTHORIZATION", ""))
-            operation = self.operation_for(request, key)
-            return self.perform(request, operation, kwargs, key, started)
+            return to_response(gateway.run(self.invocation(request, kwargs, started)))
         except Exception as exc:
             return exception_handler(exc)
 
-    def operation_for(self, request, key):
+    def invocation(self, request, path_kwargs, started):
+        """Who calls (an issued key; or the ``AUTHENTICATION_CLASSES``), the operation and
+        the body read and checked, then the site's throttles (``THROTTLE_CLASSES``)."""
+        classes = access.authentication_classes()
+        if classes is None:  # the site's keys only: no DRF on the way
+            key = authenticate_key(request.META.get("HTTP_AUTHORIZATION", ""))
+            user, drf_request = key.user, None
+        else:
+            user, key, drf_request = access.authenticate(request, classes)
+        built = self.build(request, self.operation_for(request, user), path_kwargs, user, key,
+                           started)
+        if access.throttle_classes():
+            access.throttle(request, built, self, drf_request)
+        return built
+
+    def operation_for(self, request, user):
         operation = self.operations.get(request.method)
         if operation is None:
             raise MethodNotAllowed(f"Method {request.method} is not allowed on {request.path}.")
@@ -75,19 +89,15 @@ class OperationView(View):
             if not app_settings.ADMIN_OPERATIONS:
                 raise NotFound(f"Invalid URL ({request.method} {request.path})",
                                code="unknown_url")
-            if not key.user.is_superuser:
+            if not user.is_superuser:
                 raise PermissionDenied("Organization administration is for superusers' keys.")
         return operation
 
-    def perform(self, request, operation, path_kwargs, key, started):
-        return to_response(gateway.run(self.build(request, operation, path_kwargs, key,
-                                                  started)))
-
-    def build(self, request, operation, path_kwargs, key, started):
+    def build(self, request, operation, path_kwargs, user, key, started):
         """The request's invocation; one refused (bad body, too large...) is recorded as a
         rejected call before the error goes out."""
         try:
-            return invocation.from_request(request, operation, path_kwargs, user=key.user,
+            return invocation.from_request(request, operation, path_kwargs, user=user,
                                            api_key=key, started=started)
         except OpenAIDjangoError as exc:
             if getattr(exc, "invocation", None) is not None:
@@ -98,7 +108,7 @@ class OperationView(View):
 class PassthroughView(OperationView):
     """Any path under /v1/ that neither spec describes (``PASSTHROUGH = "record"``)."""
 
-    def operation_for(self, request, key):
+    def operation_for(self, request, user):
         if app_settings.PASSTHROUGH != "record" or _is_admin_path(request.path):
             raise NotFound(f"Invalid URL ({request.method} {request.path})", code="unknown_url")
         path = "/" + request.path.split("/v1/", 1)[1]
@@ -131,8 +141,7 @@ class AsyncOperationView(OperationView):
     def begin(self, request, path_kwargs, started):
         """Key, operation, body and the record first: ``(invocation, call)``, or the
         :class:`~openai_django.gateway.Result` when there is nothing to send."""
-        key = authenticate_key(request.META.get("HTTP_AUTHORIZATION", ""))
-        built = self.build(request, self.operation_for(request, key), path_kwargs, key, started)
+        built = self.invocation(request, path_kwargs, started)
         begun = gateway.begin(built)
         return begun if isinstance(begun, gateway.Result) else (built, begun)
 
@@ -197,6 +206,19 @@ class GatewayAPIView(APIView):
     permission_classes = [IsAuthenticated]
     parser_classes = []
     renderer_classes = [JSONRenderer]
+
+    def get_authenticators(self):
+        # The same callers as the operations (AUTHENTICATION_CLASSES), keys by default.
+        classes = access.authentication_classes() or self.authentication_classes
+        return [cls() for cls in classes]
+
+    def get_throttles(self):
+        return [cls() for cls in access.throttle_classes()]
+
+    def permission_denied(self, request, message=None, code=None):
+        if request.authenticators and not request.successful_authenticator:
+            access.not_authenticated(request)
+        super().permission_denied(request, message, code)
 
     def get_exception_handler(self):
         return exception_handler

@@ -1,0 +1,180 @@
+"""Who may call the gateway's operations, and how often: the site's own logins and throttles.
+
+By default the operation views accept the keys the site issued and nothing else, checked by
+:func:`openai_django.auth.authenticate_key` with no DRF machinery in the way (the fast path).
+
+``OPENAI_DJANGO["AUTHENTICATION_CLASSES"]`` names DRF authentication classes to accept instead,
+tried in order as a DRF view tries them; with ``SessionAuthentication`` a user logged in to the
+site calls ``/v1/...`` from the site's own pages, CSRF enforced exactly as DRF enforces it (an
+unsafe method needs the ``X-CSRFToken`` header). A call made that way is recorded under its
+user, with no key. Include ``"openai_django.auth.APIKeyAuthentication"`` to keep accepting keys.
+
+``OPENAI_DJANGO["THROTTLE_CLASSES"]`` names DRF throttle classes run against every operation
+call, after its body has been read and checked and before anything is recorded or sent;
+``None`` (the default) takes ``REST_FRAMEWORK["DEFAULT_THROTTLE_CLASSES"]``, so a site that
+throttles its API throttles the gateway too. A throttled call is answered 429 in the OpenAI
+shape with ``Retry-After``, and recorded as rejected. The throttles keep their history where
+DRF keeps it (Django's default cache: per process with the local-memory cache, shared with
+Redis or memcached).
+"""
+
+import math
+
+from django.core import checks
+from django.core.exceptions import ImproperlyConfigured
+from django.core.signals import setting_changed
+from django.utils.module_loading import import_string
+
+from openai_django.conf import app_settings
+from openai_django.errors import NO_KEY, AuthenticationFailed, Throttled
+
+_cache = {}
+
+
+def _import(value, name):
+    if value is None:
+        return ()
+    if isinstance(value, (str, type)):
+        value = [value]
+    classes = []
+    for item in value:
+        if isinstance(item, str):
+            try:
+                item = import_string(item)
+            except ImportError as exc:
+                raise ImproperlyConfigured(
+                    f"settings.OPENAI_DJANGO[{name!r}]: {item!r} could not be imported: "
+                    f"{exc}") from exc
+        classes.append(item)
+    return tuple(classes)
+
+
+def authentication_classes():
+    """The configured authentication classes, or ``None`` when only the site's issued keys
+    are accepted (the default, served without DRF)."""
+    try:
+        return _cache["authentication"]
+    except KeyError:
+        pass
+    from openai_django.auth import APIKeyAuthentication
+
+    value = app_settings.AUTHENTICATION_CLASSES
+    classes = None
+    if value is not None:
+        classes = _import(value, "AUTHENTICATION_CLASSES")
+        if not classes:
+            raise ImproperlyConfigured(
+                "settings.OPENAI_DJANGO['AUTHENTICATION_CLASSES'] is empty: no caller could "
+                "be accepted. Use None for the site's keys only.")
+        if classes == (APIKeyAuthentication,):
+            classes = None  # keys only: the same as the default, and as fast
+    _cache["authentication"] = classes
+    return classes
+
+
+def throttle_classes():
+    """The throttle classes run against every operation call (an empty tuple: none)."""
+    try:
+        return _cache["throttle"]
+    except KeyError:
+        pass
+    value = app_settings.THROTTLE_CLASSES
+    if value is None:
+        from rest_framework.settings import api_settings
+
+        classes = tuple(api_settings.DEFAULT_THROTTLE_CLASSES)
+    else:
+        classes = _import(value, "THROTTLE_CLASSES")
+    _cache["throttle"] = classes
+    return classes
+
+
+def needs_site_middleware():
+    """Whether the operation views need the site's middleware to authenticate a request
+    (the session and ``request.user`` of ``SessionAuthentication``): a lean entry point that
+    skips Django's middleware must then serve through the full stack.
+
+    ``False`` with the default (issued keys only). A configured class other than
+    :class:`~openai_django.auth.APIKeyAuthentication` counts as needing it, unless it says
+    otherwise with a class attribute ``needs_site_middleware = False`` (a header-token class
+    reads nothing the middleware sets)."""
+    from openai_django.auth import APIKeyAuthentication
+
+    classes = authentication_classes()
+    if not classes:
+        return False
+    return any(getattr(cls, "needs_site_middleware", not issubclass(cls, APIKeyAuthentication))
+               for cls in classes)
+
+
+def authenticate(request, classes):
+    """``(user, api_key or None, drf_request)`` of a request by the configured classes, as a
+    DRF view authenticates: the first class that answers decides, and its refusal (a bad key,
+    a failed CSRF check) is final. Raises the 401 when none answers."""
+    from rest_framework.request import Request
+
+    from openai_django.models import APIKey
+
+    drf_request = Request(request, authenticators=[cls() for cls in classes])
+    user = drf_request.user
+    if user is None or not user.is_authenticated:
+        not_authenticated(request)
+    auth = drf_request.auth
+    return user, auth if isinstance(auth, APIKey) else None, drf_request
+
+
+def not_authenticated(request):
+    """Raise the 401 for a request no configured class accepted."""
+    if request.META.get("HTTP_AUTHORIZATION"):
+        raise AuthenticationFailed("The Authorization header must be 'Bearer YOUR_KEY'.",
+                                   code="invalid_api_key")
+    raise AuthenticationFailed(NO_KEY, code=None)
+
+
+def throttle(request, invocation, view, drf_request=None):
+    """Run the throttle classes against a call; one that refuses makes it a rejected call,
+    answered 429 with ``Retry-After`` (the longest wait any refusing throttle asks for)."""
+    from rest_framework.request import Request
+
+    from openai_django import recorder
+
+    if drf_request is None:
+        drf_request = Request(request)
+        drf_request.user = invocation.user
+        drf_request.auth = invocation.api_key
+    waits = []
+    for cls in throttle_classes():
+        throttle_ = cls()
+        if not throttle_.allow_request(drf_request, view):
+            waits.append(throttle_.wait())
+    if not waits:
+        return
+    known = [wait for wait in waits if wait is not None]
+    wait = math.ceil(max(known)) if known else None
+    exc = Throttled(
+        "Too many requests: this site's rate limit was reached."
+        + (f" Try again in {wait} seconds." if wait is not None else ""),
+        headers={"Retry-After": str(wait)} if wait is not None else None)
+    exc.call = recorder.reject(invocation, exc)
+    raise exc
+
+
+def _reset(*, setting, **kwargs):
+    if setting in ("OPENAI_DJANGO", "REST_FRAMEWORK"):
+        _cache.clear()
+
+
+setting_changed.connect(_reset, dispatch_uid="openai_django.access.reset")
+
+
+@checks.register()
+def check_access_settings(app_configs, **kwargs):
+    """E031: AUTHENTICATION_CLASSES or THROTTLE_CLASSES that cannot be imported (or empty)."""
+    errors = []
+    for resolve in (authentication_classes, throttle_classes):
+        try:
+            resolve()
+        except ImproperlyConfigured as exc:
+            errors.append(checks.Error(str(exc), hint="Name DRF classes by their dotted path.",
+                                       id="openai_django.E031"))
+    return errors
