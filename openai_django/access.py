@@ -107,6 +107,34 @@ def needs_site_middleware():
                for cls in classes)
 
 
+class _BodyLeftAlone:
+    """The DRF request's only parser: it never reads the body (the gateway reads it, once,
+    after checking its size).
+
+    ``SessionAuthentication``'s CSRF check reads ``request.POST`` for a
+    ``csrfmiddlewaretoken`` field: it finds none (a multipart upload is not parsed before its
+    size is checked), so the token comes from the ``X-CSRFToken`` header, as scripts send it.
+    """
+
+    media_type = "*/*"
+
+    def parse(self, stream, media_type=None, parser_context=None):
+        from django.http import QueryDict
+        from django.utils.datastructures import MultiValueDict
+        from rest_framework.parsers import DataAndFiles
+
+        return DataAndFiles(QueryDict(), MultiValueDict())
+
+
+def _forget_form(request, drf_request):
+    # DRF hands a form's (here empty) data to the Django request as its POST and FILES: take
+    # them back, so the gateway reads the real ones.
+    data = drf_request.__dict__.get("_data")
+    if data is not None and request.__dict__.get("_post") is data:
+        del request._post
+        request.__dict__.pop("_files", None)
+
+
 def authenticate(request, classes):
     """``(user, api_key or None, drf_request)`` of a request by the configured classes, as a
     DRF view authenticates: the first class that answers decides, and its refusal (a bad key,
@@ -115,8 +143,12 @@ def authenticate(request, classes):
 
     from openai_django.models import APIKey
 
-    drf_request = Request(request, authenticators=[cls() for cls in classes])
-    user = drf_request.user
+    drf_request = Request(request, parsers=[_BodyLeftAlone()],
+                          authenticators=[cls() for cls in classes])
+    try:
+        user = drf_request.user
+    finally:
+        _forget_form(request, drf_request)
     if user is None or not user.is_authenticated:
         not_authenticated(request)
     auth = drf_request.auth
@@ -139,7 +171,7 @@ def throttle(request, invocation, view, drf_request=None):
     from openai_django import recorder
 
     if drf_request is None:
-        drf_request = Request(request)
+        drf_request = Request(request, parsers=[_BodyLeftAlone()])
         drf_request.user = invocation.user
         drf_request.auth = invocation.api_key
     waits = []

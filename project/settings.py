@@ -181,6 +181,13 @@ OPENAI_DJANGO = {
 if os.environ.get("OPENAI_DJANGO_METRICS_TOKEN"):
     OPENAI_DJANGO["METRICS"] = {"TOKEN": os.environ["OPENAI_DJANGO_METRICS_TOKEN"],
                                 "STAFF": True}
+# OPENAI_DJANGO_SITE_LOGINS=1: the site's logged-in users may call /v1/ from its own pages
+# (the /playground/ page), besides issued keys. Off by default: keys only, the fast path.
+if env_bool("OPENAI_DJANGO_SITE_LOGINS", False):
+    OPENAI_DJANGO["AUTHENTICATION_CLASSES"] = [
+        "openai_django.auth.APIKeyAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ]
 OPENAI_DJANGO_STANDIN = env_bool("OPENAI_DJANGO_STANDIN", False)
 
 REST_FRAMEWORK = {

@@ -1,10 +1,14 @@
 from django.contrib import admin
+from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
 from project import views
 
 urlpatterns = [
     path("", views.home, name="home"),
+    path("playground/", views.playground, name="playground"),
+    path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
+    path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("admin/", admin.site.urls),
     path("", include("openai_django.urls")),
 ]
