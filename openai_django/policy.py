@@ -250,7 +250,7 @@ def _verdict(answer, hook):
 def check(invocation):
     """Run the site's policy on a call about to be made; a refusal is recorded as a rejected
     call and raised (nothing is sent). Costs nothing when no hook is configured."""
-    configured = hooks()
+    configured = _hooks_cache[0] if _hooks_cache else hooks()
     if not configured and not signals.before_call.receivers:
         return
     request = CallRequest(invocation)
