@@ -69,8 +69,12 @@ class OperationView(View):
         """Who calls (an issued key; or the ``AUTHENTICATION_CLASSES``), the operation and
         the body read and checked, then the site's throttles (``THROTTLE_CLASSES``)."""
         classes = access.authentication_classes()
-        if classes is None:  # the site's keys only: no DRF on the way
-            key = authenticate_key(request.META.get("HTTP_AUTHORIZATION", ""))
+        header = request.META.get("HTTP_AUTHORIZATION", "")
+        # The site's keys only, or a Bearer key where keys are tried first (DRF would ask
+        # APIKeyAuthentication, which decides): no DRF on the way.
+        if classes is None or (classes[0] is APIKeyAuthentication
+                               and header[:7].lower() == "bearer "):
+            key = authenticate_key(header)
             user, drf_request = key.user, None
         else:
             user, key, drf_request = access.authenticate(request, classes)
