@@ -215,6 +215,8 @@ def test_an_admin_page_of_a_session_call(live_server, upstream, media_root, sett
     content = b"".join(exported.streaming_content) if exported.streaming else exported.content
     record = json.loads(content.splitlines()[0])
     assert record["id"] == call_id and record["api_key"] is None
+    usage = admin_client.get("/admin/openai_django/call/usage/")
+    assert usage.status_code == 200 and "alice" in usage.content.decode()
 
 
 # -- the settings ----------------------------------------------------------------------------
