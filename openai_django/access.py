@@ -26,7 +26,7 @@ from django.core.signals import setting_changed
 from django.utils.module_loading import import_string
 
 from openai_django.conf import app_settings
-from openai_django.errors import NO_KEY, AuthenticationFailed, Throttled
+from openai_django.errors import NO_KEY, AuthenticationFailed, PermissionDenied, Throttled
 
 _cache = {}
 
@@ -139,6 +139,7 @@ def authenticate(request, classes):
     """``(user, api_key or None, drf_request)`` of a request by the configured classes, as a
     DRF view authenticates: the first class that answers decides, and its refusal (a bad key,
     a failed CSRF check) is final. Raises the 401 when none answers."""
+    from rest_framework import exceptions as drf_exceptions
     from rest_framework.request import Request
 
     from openai_django.models import APIKey
@@ -147,6 +148,10 @@ def authenticate(request, classes):
                           authenticators=[cls() for cls in classes])
     try:
         user = drf_request.user
+    except drf_exceptions.PermissionDenied as exc:
+        # SessionAuthentication's CSRF check: a 403 that says so.
+        raise PermissionDenied(str(exc.detail), code="csrf_failed"
+                               if str(exc.detail).startswith("CSRF Failed") else None) from None
     finally:
         _forget_form(request, drf_request)
     if user is None or not user.is_authenticated:

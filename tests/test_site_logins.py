@@ -95,6 +95,7 @@ def test_the_sites_own_page_calls_with_its_login(page, live_server, upstream, me
         assert result["status"] == 403, result
         assert result["body"]["error"]["message"].startswith("CSRF Failed")
         assert result["body"]["error"]["type"] == "invalid_request_error"
+        assert result["body"]["error"]["code"] == "csrf_failed"
         assert result["callId"] is None
     assert Call.objects.count() == 1 and len(upstream.requests()) == 1
 
@@ -283,6 +284,7 @@ def test_a_session_under_asgi(sessions_asgi_site, asgi_upstream):
     refused = session.post(url, json=CHAT)
     assert refused.status_code == 403, refused.text
     assert refused.json()["error"]["message"].startswith("CSRF Failed")
+    assert refused.json()["error"]["code"] == "csrf_failed"
     assert asgi_upstream.requests() == []
     response = session.post(url, json=CHAT, headers={"X-CSRFToken": session.csrf})
     assert response.status_code == 200, response.text
