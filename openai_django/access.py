@@ -140,6 +140,7 @@ def authenticate(request, classes):
     DRF view authenticates: the first class that answers decides, and its refusal (a bad key,
     a failed CSRF check) is final. Raises the 401 when none answers."""
     from rest_framework import exceptions as drf_exceptions
+    from rest_framework.authentication import SessionAuthentication
     from rest_framework.request import Request
 
     from openai_django.models import APIKey
@@ -156,13 +157,30 @@ def authenticate(request, classes):
         _forget_form(request, drf_request)
     if user is None or not user.is_authenticated:
         not_authenticated(request)
+    if _bearer(request) and isinstance(drf_request.successful_authenticator,
+                                       SessionAuthentication):
+        # A Bearer token no class took, beside a session: wrong credentials are not made
+        # right by a cookie.
+        not_authenticated(request)
     auth = drf_request.auth
     return user, auth if isinstance(auth, APIKey) else None, drf_request
 
 
+def _bearer(request):
+    scheme, _, token = request.META.get("HTTP_AUTHORIZATION", "").partition(" ")
+    return scheme.lower() == "bearer" and bool(token.strip())
+
+
 def not_authenticated(request):
-    """Raise the 401 for a request no configured class accepted."""
-    if request.META.get("HTTP_AUTHORIZATION"):
+    """Raise the 401 for a request no configured class accepted (the messages of
+    :func:`~openai_django.auth.authenticate_key`)."""
+    from openai_django.auth import _mask
+
+    header = request.META.get("HTTP_AUTHORIZATION", "")
+    if _bearer(request):
+        raise AuthenticationFailed(
+            f"Incorrect API key provided: {_mask(header.partition(' ')[2].strip())}.")
+    if header:
         raise AuthenticationFailed("The Authorization header must be 'Bearer YOUR_KEY'.",
                                    code="invalid_api_key")
     raise AuthenticationFailed(NO_KEY, code=None)

@@ -19,7 +19,7 @@ from django.utils import timezone
 from rest_framework.authentication import BaseAuthentication
 
 from openai_django.errors import AuthenticationFailed
-from openai_django.models import APIKey, hash_key
+from openai_django.models import KEY_PREFIX, APIKey, hash_key
 
 # ``last_used_at`` is written at most this often per key, so a busy key does not add an
 # UPDATE to every call.
@@ -68,6 +68,12 @@ def _forget(**kwargs):
 post_save.connect(_forget, sender=APIKey, dispatch_uid="openai_django.auth.forget_save")
 post_delete.connect(_forget, sender=APIKey, dispatch_uid="openai_django.auth.forget_delete")
 setting_changed.connect(_forget, dispatch_uid="openai_django.auth.forget_settings")
+
+
+def is_site_key(header):
+    """Whether an ``Authorization`` header carries a key of the kind the site issues."""
+    scheme, _, raw = header.partition(" ")
+    return scheme.lower() == "bearer" and raw.strip().startswith(KEY_PREFIX)
 
 
 def _mask(raw):
@@ -136,15 +142,17 @@ def _authenticate_orm(hashed, raw):
 class APIKeyAuthentication(BaseAuthentication):
     """DRF authentication with the site's keys; sets ``request.auth`` to the APIKey.
 
-    A request with no ``Authorization`` header, or one of another scheme, is left to the next
-    class (DRF's convention: ``SessionAuthentication`` after it, in
-    ``AUTHENTICATION_CLASSES``); a Bearer key that is not valid is refused outright."""
+    A request with no ``Authorization`` header, one of another scheme, or a Bearer token that
+    is not one of the site's keys (they all start with ``sk-od-``: a JWT, another class's
+    token) is left to the next class (DRF's convention: ``SessionAuthentication`` or a token
+    class after it, in ``AUTHENTICATION_CLASSES``); a key of the site's that is not valid
+    (unknown, revoked, expired) is refused outright."""
 
     needs_site_middleware = False
 
     def authenticate(self, request):
         header = request.META.get("HTTP_AUTHORIZATION", "")
-        if not header or header.partition(" ")[0].lower() != "bearer":
+        if not is_site_key(header):
             return None
         key = authenticate_key(header)
         return key.user, key

@@ -20,7 +20,7 @@ from rest_framework.renderers import JSONRenderer
 from rest_framework.views import APIView
 
 from openai_django import access, gateway, invocation, recorder
-from openai_django.auth import APIKeyAuthentication, authenticate_key
+from openai_django.auth import APIKeyAuthentication, authenticate_key, is_site_key
 from openai_django.conf import app_settings
 from openai_django.errors import (
     Conflict,
@@ -70,10 +70,9 @@ class OperationView(View):
         the body read and checked, then the site's throttles (``THROTTLE_CLASSES``)."""
         classes = access.authentication_classes()
         header = request.META.get("HTTP_AUTHORIZATION", "")
-        # The site's keys only, or a Bearer key where keys are tried first (DRF would ask
+        # The site's keys only, or one of its keys where keys are tried first (DRF would ask
         # APIKeyAuthentication, which decides): no DRF on the way.
-        if classes is None or (classes[0] is APIKeyAuthentication
-                               and header[:7].lower() == "bearer "):
+        if classes is None or (classes[0] is APIKeyAuthentication and is_site_key(header)):
             key = authenticate_key(header)
             user, drf_request = key.user, None
         else:

@@ -230,6 +230,47 @@ class HeaderToken(BaseAuthentication):
         return None
 
 
+class FakeJWT(BaseAuthentication):
+    """A Bearer-token class of the site's own (as a JWT class is): ``Bearer jwt-<username>``."""
+
+    needs_site_middleware = False
+
+    def authenticate(self, request):
+        from django.contrib.auth import get_user_model
+        from rest_framework.exceptions import AuthenticationFailed
+
+        scheme, _, token = request.META.get("HTTP_AUTHORIZATION", "").partition(" ")
+        if scheme.lower() != "bearer" or not token.startswith("jwt-"):
+            return None
+        user = get_user_model().objects.filter(username=token[4:]).first()
+        if user is None:
+            raise AuthenticationFailed("Invalid token.")
+        return user, token
+
+
+def test_another_bearer_token_class_beside_keys(live_server, upstream, media_root, settings,
+                                                user, api_key):
+    accept_sessions(settings, ["openai_django.auth.APIKeyAuthentication",
+                               f"{__name__}.FakeJWT"])
+    url = f"{live_server.url}/v1/chat/completions"
+
+    def post(token):
+        return requests.post(url, json=CHAT, headers={"Authorization": f"Bearer {token}"})
+
+    by_token, by_key = post("jwt-alice"), post(api_key)
+    assert by_token.status_code == 200 and by_key.status_code == 200
+    token_call = Call.objects.get(pk=by_token.headers["X-Call-Id"])
+    assert token_call.user == user and token_call.api_key is None
+    assert Call.objects.get(pk=by_key.headers["X-Call-Id"]).api_key is not None
+    refused = post("jwt-nobody")
+    assert refused.status_code == 401 and refused.json()["error"]["message"] == "Invalid token."
+    for wrong in ("sk-od-not-a-key-0000", "neither-a-key-nor-a-token"):
+        response = post(wrong)
+        assert response.status_code == 401
+        assert response.json()["error"]["message"].startswith("Incorrect API key provided")
+    assert Call.objects.count() == 2 and len(upstream.requests()) == 2
+
+
 def test_needs_site_middleware(settings):
     settings.OPENAI_DJANGO = {}
     assert auth.needs_site_middleware() is False
