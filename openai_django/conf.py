@@ -126,6 +126,11 @@ DEFAULTS = {
     "PRICES": None,
     # How many recent calls the REST log returns at most per page.
     "LOG_PAGE_MAX": 100,
+    # Labels a client puts on a call (OpenAI-Django-Tags / -Metadata / -Session headers, or the
+    # Python API's call_tags= / call_metadata= / call_session=; see openai_django/tagging.py):
+    # the most tags one call may carry, and the largest metadata object, in bytes of JSON.
+    "TAGS_MAX": 20,
+    "METADATA_MAX_BYTES": 4096,
 }
 
 # Settings that name a dotted path to import.

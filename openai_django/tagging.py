@@ -1,0 +1,347 @@
+"""Tags, metadata and sessions: the site's own labels on a call, and the user's feedback.
+
+A client labels a call with three request headers (or the Python API's ``call_tags=``,
+``call_metadata=`` and ``call_session=`` keywords); the gateway checks them, keeps them on the
+call and never sends them upstream:
+
+``OpenAI-Django-Tags: checkout, summary``
+    Comma-separated; each tag is trimmed and lower-cased, at most 64 characters of
+    ``a-z 0-9 _ . : / = @ + -``; empty items are skipped, repeats dropped (first one kept, in
+    order), at most ``TAGS_MAX`` (20) tags.
+``OpenAI-Django-Metadata: {"customer": "c_42", "ab_test": 3, "beta": true}``
+    A JSON object of at most ``METADATA_MAX_BYTES`` (4096) bytes, flat: keys of 1 to 64
+    characters, values a string (at most 512 characters), a number, a boolean or null; a key
+    given twice is refused.
+``OpenAI-Django-Session: 7f0c3e2a-…``
+    An id grouping a conversation's calls: 1 to 128 characters of
+    ``A-Z a-z 0-9 _ . : / = @ + -`` (case kept).
+
+A bad value is a 400 ``invalid_request_error`` with ``param`` naming the header (or the
+keyword), before anything is sent; the call is then recorded as rejected (like every request
+of a valid key the gateway refuses) with none of the three, and no tag rows.
+
+Tags are stored twice, in one transaction: as a list on the call (what pages and exports
+show) and as one :class:`~openai_django.models.CallTag` row per tag (what filters read, by
+index, on any database).
+"""
+
+import json
+import math
+import re
+
+import orjson
+from django.db import router, transaction
+from django.db.models import Count, Sum
+from django.utils import timezone
+
+from openai_django.conf import app_settings
+from openai_django.errors import InvalidRequest
+
+TAGS_HEADER = "OpenAI-Django-Tags"
+METADATA_HEADER = "OpenAI-Django-Metadata"
+SESSION_HEADER = "OpenAI-Django-Session"
+HEADER_PREFIX = "openai-django-"  # never forwarded upstream, whatever FORWARD_HEADERS says
+META_TAGS, META_METADATA, META_SESSION = (
+    "HTTP_OPENAI_DJANGO_TAGS", "HTTP_OPENAI_DJANGO_METADATA", "HTTP_OPENAI_DJANGO_SESSION")
+
+TAG_MAX_LENGTH = 64
+TAGS_HEADER_MAX = 4096  # refused before it is split: 20 tags of 64 characters fit well within
+SESSION_MAX_LENGTH = 128
+METADATA_KEY_MAX = 64
+METADATA_VALUE_MAX = 512
+FEEDBACK_COMMENT_MAX = 4000
+
+_TAG = re.compile(r"[a-z0-9_.:/=@+\-]{1,64}")
+_SESSION = re.compile(r"[A-Za-z0-9_.:/=@+\-]{1,128}")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+# -- parsing -----------------------------------------------------------------------------
+
+
+def parse_tags(value, param=TAGS_HEADER):
+    """A normalised list of tags from a comma-separated string or a list of strings."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        if len(value) > TAGS_HEADER_MAX:
+            raise InvalidRequest(f"{param} is {len(value)} characters long; at most "
+                                 f"{TAGS_HEADER_MAX} are read.", param=param,
+                                 code="invalid_tags")
+        items = value.split(",")
+    elif isinstance(value, (list, tuple, set, frozenset)):
+        items = list(value)
+    else:
+        raise InvalidRequest(f"{param} must be a comma-separated string or a list of strings, "
+                             f"not {type(value).__name__}.", param=param, code="invalid_tags")
+    tags = []
+    for item in items:
+        if not isinstance(item, str):
+            raise InvalidRequest(f"Each tag of {param} must be a string, not "
+                                 f"{type(item).__name__}.", param=param, code="invalid_tags")
+        tag = item.strip().lower()
+        if not tag:
+            continue
+        if not _TAG.fullmatch(tag):
+            shown = tag[:TAG_MAX_LENGTH] + ("…" if len(tag) > TAG_MAX_LENGTH else "")
+            raise InvalidRequest(
+                f"The tag {shown!r} of {param} is not valid: a tag is 1 to {TAG_MAX_LENGTH} "
+                f"characters of a-z, 0-9 and _ . : / = @ + -.", param=param,
+                code="invalid_tags")
+        if tag not in tags:
+            tags.append(tag)
+    limit = app_settings.TAGS_MAX
+    if len(tags) > limit:
+        raise InvalidRequest(f"{param} names {len(tags)} tags; at most {limit} are allowed.",
+                             param=param, code="invalid_tags")
+    return tags
+
+
+def _no_constants(name):
+    raise ValueError(f"{name} is not a JSON number")
+
+
+class _Duplicate(ValueError):
+    pass
+
+
+def _pairs(pairs):
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        seen = set()
+        for key, _value in pairs:
+            if key in seen:
+                raise _Duplicate(key)
+            seen.add(key)
+    return result
+
+
+def parse_metadata(value, param=METADATA_HEADER):
+    """A flat metadata dict from a JSON text (the header) or a dict (the Python API)."""
+    if value is None:
+        return None
+    limit = app_settings.METADATA_MAX_BYTES
+    if isinstance(value, (str, bytes)):
+        raw = value
+        if isinstance(value, str):
+            # WSGI hands a header's bytes over as latin-1 text: back to the bytes, read as
+            # UTF-8 JSON (text beyond latin-1 can only come from Python: its UTF-8).
+            try:
+                raw = value.encode("latin-1")
+            except UnicodeEncodeError:
+                raw = value.encode("utf-8", "surrogatepass")
+        if len(raw) > limit:
+            raise InvalidRequest(f"{param} is {len(raw)} bytes; at most {limit} are allowed.",
+                                 param=param, code="invalid_metadata")
+        try:
+            data = json.loads(raw, object_pairs_hook=_pairs, parse_constant=_no_constants)
+        except _Duplicate as exc:
+            raise InvalidRequest(f"{param} gives the key {exc.args[0]!r} more than once.",
+                                 param=param, code="invalid_metadata") from None
+        except ValueError as exc:
+            raise InvalidRequest(f"{param} is not valid JSON ({exc}).", param=param,
+                                 code="invalid_metadata") from None
+    else:
+        data = value
+    if not isinstance(data, dict):
+        raise InvalidRequest(f"{param} must be a JSON object, not {type(data).__name__}.",
+                             param=param, code="invalid_metadata")
+    for key, item in data.items():
+        if not isinstance(key, str) or not 1 <= len(key) <= METADATA_KEY_MAX \
+                or _CONTROL.search(key):
+            raise InvalidRequest(f"The key {str(key)[:METADATA_KEY_MAX]!r} of {param} is not "
+                                 f"valid: keys are 1 to {METADATA_KEY_MAX} characters, no "
+                                 f"control characters.", param=param, code="invalid_metadata")
+        if isinstance(item, str):
+            if len(item) > METADATA_VALUE_MAX:
+                raise InvalidRequest(f"The value of {key!r} in {param} is {len(item)} "
+                                     f"characters; at most {METADATA_VALUE_MAX}.",
+                                     param=param, code="invalid_metadata")
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                raise InvalidRequest(f"The value of {key!r} in {param} is not a finite "
+                                     f"number.", param=param, code="invalid_metadata")
+        elif item is not None and not isinstance(item, (bool, int)):
+            raise InvalidRequest(f"The value of {key!r} in {param} is a "
+                                 f"{type(item).__name__}: metadata is flat (strings, numbers, "
+                                 f"booleans or null).", param=param, code="invalid_metadata")
+    if not isinstance(value, (str, bytes)):
+        size = len(orjson.dumps(data))
+        if size > limit:
+            raise InvalidRequest(f"{param} is {size} bytes as JSON; at most {limit} are "
+                                 f"allowed.", param=param, code="invalid_metadata")
+    return data
+
+
+def parse_session(value, param=SESSION_HEADER):
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        value = str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+        if not isinstance(value, str):
+            raise InvalidRequest(f"{param} must be a string.", param=param,
+                                 code="invalid_session")
+    value = value.strip()
+    if not value:
+        return ""
+    if not _SESSION.fullmatch(value):
+        raise InvalidRequest(f"{param} is not a valid session id: 1 to {SESSION_MAX_LENGTH} "
+                             f"characters of A-Z, a-z, 0-9 and _ . : / = @ + -.", param=param,
+                             code="invalid_session")
+    return value
+
+
+def from_meta(invocation, meta):
+    """Read the three headers of a request into ``invocation`` (a few dict look-ups when the
+    request sends none of them)."""
+    tags, metadata, session = (meta.get(META_TAGS), meta.get(META_METADATA),
+                               meta.get(META_SESSION))
+    if tags is None and metadata is None and session is None:
+        return
+    labels = (parse_tags(tags), parse_metadata(metadata), parse_session(session))
+    invocation.tags, invocation.metadata, invocation.session = labels
+
+
+def from_keywords(invocation, tags, metadata, session, headers):
+    """The Python API's keywords (or the same headers given in ``headers=``) into
+    ``invocation``; the keywords win over the headers."""
+    lowered = {k.lower(): v for k, v in (headers or {}).items()}
+    if tags is None and TAGS_HEADER.lower() in lowered:
+        tags = parse_tags(lowered[TAGS_HEADER.lower()])
+    else:
+        tags = parse_tags(tags, "call_tags")
+    if metadata is None and METADATA_HEADER.lower() in lowered:
+        metadata = parse_metadata(lowered[METADATA_HEADER.lower()])
+    else:
+        metadata = parse_metadata(metadata, "call_metadata")
+    if session is None and SESSION_HEADER.lower() in lowered:
+        session = parse_session(lowered[SESSION_HEADER.lower()])
+    else:
+        session = parse_session(session, "call_session")
+    invocation.tags, invocation.metadata, invocation.session = tags, metadata, session
+
+
+def forwardable(headers):
+    """``headers`` without this package's own (``OpenAI-Django-*``)."""
+    return {k: v for k, v in headers.items() if not k.lower().startswith(HEADER_PREFIX)}
+
+
+# -- the tag index -----------------------------------------------------------------------
+
+
+def index_rows(call):
+    from openai_django.models import CallTag
+
+    return [CallTag(call_id=call.pk, tag=tag, created=call.created) for tag in call.tags]
+
+
+def record_with_tags(insert, call, alias):
+    """Insert ``call`` (``insert()``) and its tag rows in one transaction: a call is never
+    stored without the rows that find it by tag, nor rows without their call."""
+    from openai_django.models import CallTag
+
+    with transaction.atomic(using=alias):
+        insert()
+        CallTag.objects.using(alias).bulk_create(index_rows(call))
+
+
+def with_tags(queryset, tags):
+    """The calls of ``queryset`` that have every one of ``tags`` (through the tag index)."""
+    from openai_django.models import CallTag
+
+    for tag in tags:
+        queryset = queryset.filter(pk__in=CallTag.objects.filter(tag=tag).values("call_id"))
+    return queryset
+
+
+def session_calls(session, queryset=None):
+    """A session's calls, oldest first."""
+    from openai_django.models import Call
+
+    queryset = queryset if queryset is not None else Call.objects.all()
+    return queryset.filter(session=session).order_by("created", "id")
+
+
+def spend_per_tag(low, high, limit=25, using="default"):
+    """``[{"tag", "calls", "tokens", "cost"}]`` for calls created in ``[low, high)``, the
+    costliest first: one aggregate over the tag rows of the period, joined to their calls by
+    primary key."""
+    from openai_django.models import CallTag
+
+    rows = (CallTag.objects.using(using).filter(created__gte=low, created__lt=high)
+            .order_by().values("tag")
+            .annotate(calls=Count("call_id"), tokens=Sum("call__total_tokens"),
+                      cost=Sum("call__cost_usd")))
+    rows = sorted(rows, key=lambda r: (-(r["cost"] or 0), -r["calls"], r["tag"]))
+    return rows[:limit]
+
+
+# -- feedback ----------------------------------------------------------------------------
+
+
+def parse_feedback(data):
+    """``(score, comment)`` of a feedback body, or :class:`InvalidRequest` naming the field."""
+    if not isinstance(data, dict):
+        raise InvalidRequest("The body must be a JSON object: {\"score\": ..., "
+                             "\"comment\": ...}.")
+    unknown = sorted(set(data) - {"score", "comment"})
+    if unknown:
+        raise InvalidRequest(f"Unrecognized request argument supplied: {unknown[0]}",
+                             param=unknown[0])
+    score = data.get("score")
+    if score is None:
+        raise InvalidRequest("'score' is required: a number from -1 to 1.", param="score")
+    if isinstance(score, bool) or not isinstance(score, (int, float)) \
+            or not math.isfinite(score) or not -1 <= score <= 1:
+        raise InvalidRequest(f"'score' must be a number from -1 to 1, not {score!r}.",
+                             param="score")
+    comment = data.get("comment")
+    if comment is None:
+        comment = ""
+    if not isinstance(comment, str):
+        raise InvalidRequest("'comment' must be a string.", param="comment")
+    if len(comment) > FEEDBACK_COMMENT_MAX:
+        raise InvalidRequest(f"'comment' is {len(comment)} characters; at most "
+                             f"{FEEDBACK_COMMENT_MAX}.", param="comment")
+    if "\x00" in comment:
+        raise InvalidRequest("'comment' must not contain NUL characters.", param="comment")
+    return float(score), comment
+
+
+def give_feedback(call, score, comment):
+    """Record (or replace) the feedback on ``call``; returns the :class:`CallFeedback`."""
+    from openai_django.models import CallFeedback
+
+    now = timezone.now()
+    alias = router.db_for_write(CallFeedback)
+    with transaction.atomic(using=alias):
+        feedback, created = CallFeedback.objects.using(alias).select_for_update().get_or_create(
+            call=call, defaults={"score": score, "comment": comment, "created": now,
+                                 "updated": now})
+        if not created:
+            feedback.score, feedback.comment, feedback.updated = score, comment, now
+            feedback.save(update_fields=["score", "comment", "updated"])
+    return feedback
+
+
+def feedback_to_dict(feedback):
+    if feedback is None:
+        return None
+    return {
+        "object": "call.feedback",
+        "call_id": str(feedback.call_id),
+        "score": feedback.score,
+        "comment": feedback.comment,
+        "created": int(feedback.created.timestamp()),
+        "updated": int(feedback.updated.timestamp()),
+    }
+
+
+def feedback_of(call):
+    """The call's feedback, or ``None`` (no query when it was selected with the call)."""
+    from openai_django.models import CallFeedback
+
+    try:
+        return call.feedback
+    except CallFeedback.DoesNotExist:
+        return None
