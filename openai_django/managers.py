@@ -147,14 +147,13 @@ class CallManager(models.Manager.from_queryset(CallQuerySet)):
         ``get_db_prep_save`` (so JSON, UUID and datetime columns are stored exactly as the
         ORM stores them) into SQL built once.
         """
+        alias = router.db_for_write(self.model, instance=call)
         if call.tags:
-            # A tagged call and its tag index rows are written in one transaction.
+            # A tagged call and its tag index rows are written together (tagging.py).
             from openai_django.tagging import record_with_tags
 
-            alias = router.db_for_write(self.model, instance=call)
-            record_with_tags(lambda: self._insert(call, alias), call, alias)
-            return call
-        return self._insert(call, router.db_for_write(self.model, instance=call))
+            return record_with_tags(self, call, alias)
+        return self._insert(call, alias)
 
     def _insert(self, call, alias):
         if self._orm_only():

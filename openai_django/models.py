@@ -439,14 +439,15 @@ class CallTag(models.Model):
     """One tag of one call: the index that filters calls by tag (see openai_django.tagging).
 
     A row per (call, tag) rather than a delimited text column: an equality on ``tag`` is an
-    index range scan on SQLite and PostgreSQL alike, where ``LIKE '%,tag,%'`` reads every
-    row (figures in the README, "Tags, metadata and sessions"). ``created`` is the call's,
-    copied so that a tag's newest calls and a period's spend per tag read this table's
-    indexes, not the wide call rows.
+    index range scan on SQLite and PostgreSQL alike, where ``LIKE '%,tag,%'`` reads every row
+    (figures in the README, "Tags, metadata and sessions"). ``(tag, call)`` gives a tag's
+    calls newest first (call ids are time-ordered) and answers "has this call that tag";
+    ``created`` is the call's, copied so that a period's spend per tag starts from this
+    table's ``(created, tag)`` index.
     """
 
     call = models.ForeignKey(Call, on_delete=models.CASCADE, related_name="tag_rows",
-                             verbose_name=_("call"), db_index=False)  # the unique pair leads
+                             verbose_name=_("call"))  # its own index: deletes of calls
     tag = models.CharField(_("tag"), max_length=64)
     created = models.DateTimeField(_("created"))
 
@@ -454,10 +455,9 @@ class CallTag(models.Model):
         verbose_name = _("call tag")
         verbose_name_plural = _("call tags")
         constraints = [
-            models.UniqueConstraint(fields=["call", "tag"], name="od_calltag_unique"),
+            models.UniqueConstraint(fields=["tag", "call"], name="od_calltag_tag_call"),
         ]
         indexes = [
-            models.Index(fields=["tag", "-created"], name="od_calltag_tag_created"),
             models.Index(fields=["created", "tag"], name="od_calltag_created_tag"),
         ]
 

@@ -30,7 +30,7 @@ import math
 import re
 
 import orjson
-from django.db import router, transaction
+from django.db import connections, router, transaction
 from django.db.models import Count, Sum
 from django.utils import timezone
 
@@ -54,6 +54,7 @@ FEEDBACK_COMMENT_MAX = 4000
 _TAG = re.compile(r"[a-z0-9_.:/=@+\-]{1,64}")
 _SESSION = re.compile(r"[A-Za-z0-9_.:/=@+\-]{1,128}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_KEY_END = re.compile(rb'"\s*:')
 
 
 # -- parsing -----------------------------------------------------------------------------
@@ -97,10 +98,6 @@ def parse_tags(value, param=TAGS_HEADER):
     return tags
 
 
-def _no_constants(name):
-    raise ValueError(f"{name} is not a JSON number")
-
-
 class _Duplicate(ValueError):
     pass
 
@@ -134,7 +131,11 @@ def parse_metadata(value, param=METADATA_HEADER):
             raise InvalidRequest(f"{param} is {len(raw)} bytes; at most {limit} are allowed.",
                                  param=param, code="invalid_metadata")
         try:
-            data = json.loads(raw, object_pairs_hook=_pairs, parse_constant=_no_constants)
+            data = orjson.loads(raw)  # strict: no NaN, valid UTF-8
+            if isinstance(data, dict) and len(_KEY_END.findall(raw)) != len(data):
+                # Every key ends with '"' and ':', so as many such ends as keys means no key
+                # came twice; otherwise (a repeat, or '":' inside a value) look properly.
+                json.loads(raw, object_pairs_hook=_pairs)
         except _Duplicate as exc:
             raise InvalidRequest(f"{param} gives the key {exc.args[0]!r} more than once.",
                                  param=param, code="invalid_metadata") from None
@@ -161,6 +162,10 @@ def parse_metadata(value, param=METADATA_HEADER):
             if not math.isfinite(item):
                 raise InvalidRequest(f"The value of {key!r} in {param} is not a finite "
                                      f"number.", param=param, code="invalid_metadata")
+        elif isinstance(item, int) and not isinstance(item, bool) \
+                and not -(2 ** 63) <= item < 2 ** 63:
+            raise InvalidRequest(f"The value of {key!r} in {param} is an integer beyond 64 "
+                                 f"bits.", param=param, code="invalid_metadata")
         elif item is not None and not isinstance(item, (bool, int)):
             raise InvalidRequest(f"The value of {key!r} in {param} is a "
                                  f"{type(item).__name__}: metadata is flat (strings, numbers, "
@@ -229,28 +234,94 @@ def forwardable(headers):
 # -- the tag index -----------------------------------------------------------------------
 
 
-def index_rows(call):
+_SQL = {}  # (vendor, statement, number of tags) -> SQL, built once
+
+
+def _tag_rows_sql(connection, count):
     from openai_django.models import CallTag
 
-    return [CallTag(call_id=call.pk, tag=tag, created=call.created) for tag in call.tags]
+    key = (connection.vendor, "rows", count)
+    if key not in _SQL:
+        quote = connection.ops.quote_name
+        meta = CallTag._meta
+        columns = ", ".join(quote(meta.get_field(name).column)
+                            for name in ("call", "tag", "created"))
+        _SQL[key] = (f"INSERT INTO {quote(meta.db_table)} ({columns}) VALUES "
+                     + ", ".join(["(%s, %s, %s)"] * count))
+    return _SQL[key]
 
 
-def record_with_tags(insert, call, alias):
-    """Insert ``call`` (``insert()``) and its tag rows in one transaction: a call is never
-    stored without the rows that find it by tag, nor rows without their call."""
+def _with_tag_rows_sql(connection, call_sql, count):
+    """PostgreSQL: the call's INSERT and its tag rows' as one statement (a data-modifying
+    ``WITH``), atomic by itself, one round trip like an untagged call's."""
+    from openai_django.models import Call, CallTag
+
+    key = (connection.vendor, call_sql, count)
+    if key not in _SQL:
+        quote = connection.ops.quote_name
+        meta = CallTag._meta
+        columns = ", ".join(quote(meta.get_field(name).column)
+                            for name in ("call", "tag", "created"))
+        pk = quote(Call._meta.pk.column)
+        values = ", ".join(["(%s)"] * count)
+        _SQL[key] = (f"WITH od_new AS ({call_sql} RETURNING {pk}) "
+                     f"INSERT INTO {quote(meta.db_table)} ({columns}) "
+                     f"SELECT od_new.{pk}, od_tags.tag, %s FROM od_new, "
+                     f"(VALUES {values}) AS od_tags(tag)")
+    return _SQL[key]
+
+
+def record_with_tags(manager, call, alias):
+    """Insert ``call`` and its tag rows together: a call is never stored without the rows
+    that find it by tag, nor rows without their call. On PostgreSQL one statement does both
+    (through the group-commit writer when it is on); elsewhere, or when the site listens to
+    the model's signals (the ORM saves), one transaction of two statements."""
     from openai_django.models import CallTag
 
+    connection = connections[alias]
+    meta = CallTag._meta
+    created = meta.get_field("created").get_db_prep_save(call.created, connection)
+    tags = list(call.tags)
+    if connection.vendor == "postgresql" and not manager._orm_only():
+        call_sql, plan = manager._plan(connection, "insert", None)
+        params = [convert(f.pre_save(call, True)) for f, convert in plan]
+        manager._execute(alias, _with_tag_rows_sql(connection, call_sql, len(tags)),
+                         [*params, created, *tags], "insert")
+        call._state.adding = False
+        call._state.db = alias
+        return call
+    call_id = meta.get_field("call").get_db_prep_save(call.pk, connection)
     with transaction.atomic(using=alias):
-        insert()
-        CallTag.objects.using(alias).bulk_create(index_rows(call))
+        manager._insert(call, alias)
+        with connection.cursor() as cursor:
+            cursor.execute(_tag_rows_sql(connection, len(tags)),
+                           [value for tag in tags for value in (call_id, tag, created)])
+    return call
+
+
+TAG_ORDER = "-tag_rows__call_id"  # newest first by the tag index (ids are time-ordered)
 
 
 def with_tags(queryset, tags):
-    """The calls of ``queryset`` that have every one of ``tags`` (through the tag index)."""
+    """The calls of ``queryset`` that have every one of ``tags``: a join on the first tag's
+    index rows, and an indexed "has it" probe per other tag.
+
+    Order the result by :data:`TAG_ORDER` (the call's id, read from the tag's index) for a
+    newest-first page: the join then reads the tag's rows in order and stops at the page's
+    end, whether the tag is on most calls or on a few. (``pk IN (tag's call ids)`` ordered
+    by date had to fetch and sort every call with a common tag: 250 ms at 100k calls on
+    SQLite, against 15 ms this way.)
+    """
+    from django.db.models import Exists, OuterRef
+
     from openai_django.models import CallTag
 
-    for tag in tags:
-        queryset = queryset.filter(pk__in=CallTag.objects.filter(tag=tag).values("call_id"))
+    if not tags:
+        return queryset
+    first, *others = tags
+    queryset = queryset.filter(tag_rows__tag=first)
+    for tag in others:
+        queryset = queryset.filter(Exists(CallTag.objects.filter(call=OuterRef("pk"), tag=tag)))
     return queryset
 
 
@@ -262,18 +333,19 @@ def session_calls(session, queryset=None):
     return queryset.filter(session=session).order_by("created", "id")
 
 
-def spend_per_tag(low, high, limit=25, using="default"):
-    """``[{"tag", "calls", "tokens", "cost"}]`` for calls created in ``[low, high)``, the
-    costliest first: one aggregate over the tag rows of the period, joined to their calls by
-    primary key."""
+def spend_per_day_and_tag(low, high, using="default"):
+    """``{(day, tag): {"calls", "tokens", "cost"}}`` for calls created in ``[low, high)``:
+    one aggregate over the period's tag rows (their ``(created, tag)`` index), joined to
+    their calls by primary key for the tokens and the cost."""
+    from openai_django.admin.usage import day_expression
     from openai_django.models import CallTag
 
     rows = (CallTag.objects.using(using).filter(created__gte=low, created__lt=high)
-            .order_by().values("tag")
+            .order_by().annotate(day=day_expression(using)).values("day", "tag")
             .annotate(calls=Count("call_id"), tokens=Sum("call__total_tokens"),
                       cost=Sum("call__cost_usd")))
-    rows = sorted(rows, key=lambda r: (-(r["cost"] or 0), -r["calls"], r["tag"]))
-    return rows[:limit]
+    return {(row["day"], row["tag"]): {"calls": row["calls"], "tokens": row["tokens"] or 0,
+                                       "cost": row["cost"] or 0} for row in rows}
 
 
 # -- feedback ----------------------------------------------------------------------------

@@ -18,7 +18,8 @@ def filter_log(calls, params):
     values = [v for v in values if v]
     if values:
         tags = tagging.parse_tags(",".join(values), param="tag")
-        calls = tagging.with_tags(calls, tags)
+        # Newest first as before (the call's id), read from the tag's index.
+        calls = tagging.with_tags(calls, tags).order_by(tagging.TAG_ORDER)
     session = params.get("session")
     if session:
         calls = calls.filter(session=tagging.parse_session(session, param="session"))

@@ -181,6 +181,7 @@ def test_python_api_headers_mean_the_same_and_are_not_forwarded(upstream, user):
     ("call_tags", ["ok", "not ok"]), ("call_tags", [1]), ("call_tags", {"a": 1}),
     ("call_metadata", {"a": {"b": 1}}), ("call_metadata", ["a"]),
     ("call_metadata", {"a": float("inf")}), ("call_metadata", {"a": "x" * 5000}),
+    ("call_metadata", {"a": 2 ** 70}), ("call_metadata", {1: "a"}),
     ("call_session", "bad id"), ("call_session", ["s"]),
 ])
 def test_python_api_refuses_bad_keywords_before_recording(upstream, user, keyword, value):

@@ -145,6 +145,19 @@ class TaggingMixin:
         return [path("session/<str:session>/", self.admin_site.admin_view(self.session_view),
                      name=f"{self._info}_session")]
 
+    def get_ordering(self, request):
+        """Newest first, as always; with a tag filter by the call id read from the tag's
+        index (the same order: ids are time-ordered), so that a page of a common tag's calls
+        reads a page of index rows instead of sorting all of them."""
+        value = request.GET.get(TagFilter.parameter_name)
+        if value:
+            try:
+                if tagging.parse_tags(value, param="tag"):
+                    return (tagging.TAG_ORDER,)
+            except InvalidRequest:
+                pass
+        return super().get_ordering(request)
+
     @admin.display(description=_("tags"))
     def tags_display(self, call):
         return tags_cell(call, reverse(self.url_name("changelist")))
@@ -189,25 +202,52 @@ class TaggingMixin:
         ))
 
 
-def tag_usage(start, end, using="default"):
-    """The usage dashboard's "per tag" rows for the days ``start``..``end`` (inclusive)."""
+def tag_usage(start, end, using="default", top=25):
+    """The usage dashboard's "per tag" rows for the days ``start``..``end`` (inclusive), the
+    costliest first. Like the rest of the dashboard, days that can no longer change (before
+    yesterday) are kept in the cache, under the dashboard's own generation (so recomputed
+    costs are seen at once)."""
     import datetime
     from decimal import Decimal
 
+    from django.core.cache import cache
     from django.utils import timezone
 
     from openai_django.admin.formatting import format_cost
+    from openai_django.admin.usage import CACHE_SECONDS, _as_date, _cache_key
 
-    tz = timezone.get_current_timezone()
-    low = datetime.datetime.combine(start, datetime.time.min, tzinfo=tz)
-    high = datetime.datetime.combine(end + datetime.timedelta(days=1), datetime.time.min,
-                                     tzinfo=tz)
-    rows = tagging.spend_per_tag(low, high, using=using)
+    days = [start + datetime.timedelta(days=i) for i in range((end - start).days + 1)]
+    cacheable_before = timezone.localdate() - datetime.timedelta(days=1)
+    keys = {day: _cache_key(day, using) + ":tags" for day in days if day < cacheable_before}
+    found = cache.get_many(list(keys.values())) if keys else {}
+    per_day = {day: found[keys[day]] for day in days if day in keys and keys[day] in found}
+    missing = [day for day in days if day not in per_day]
+    if missing:
+        tz = timezone.get_current_timezone()
+        low = datetime.datetime.combine(missing[0], datetime.time.min, tzinfo=tz)
+        high = datetime.datetime.combine(missing[-1] + datetime.timedelta(days=1),
+                                         datetime.time.min, tzinfo=tz)
+        fresh = {day: {} for day in missing}
+        for (day, tag), sums in tagging.spend_per_day_and_tag(low, high, using).items():
+            day = _as_date(day)
+            if day in fresh:
+                fresh[day][tag] = sums
+        cache.set_many({keys[day]: fresh[day] for day in missing if day in keys},
+                       CACHE_SECONDS)
+        per_day.update(fresh)
+    totals = {}
+    for sums_by_tag in per_day.values():
+        for tag, sums in sums_by_tag.items():
+            into = totals.setdefault(tag, {"tag": tag, "calls": 0, "tokens": 0,
+                                           "cost": Decimal(0)})
+            into["calls"] += sums["calls"]
+            into["tokens"] += sums["tokens"] or 0
+            into["cost"] += Decimal(str(sums["cost"] or 0))
+    rows = sorted(totals.values(), key=lambda r: (-r["cost"], -r["calls"], r["tag"]))[:top]
     priced = any(r["cost"] for r in rows)
-    top = max((float(r["cost"] or 0) if priced else r["calls"] for r in rows), default=0) or 1
+    high_mark = max((float(r["cost"]) if priced else r["calls"] for r in rows), default=0) or 1
     for r in rows:
-        r["cost"] = Decimal(str(r["cost"] or 0))
         r["cost_display"] = format_cost(r["cost"]) if r["cost"] else "$0"
         value = float(r["cost"]) if priced else r["calls"]
-        r["share"] = f"{value / top * 100:.1f}"
+        r["share"] = f"{value / high_mark * 100:.1f}"
     return rows
