@@ -17,6 +17,9 @@ from openai_django.errors import InvalidRequest
 
 SESSION_CALLS_MAX = 500  # calls shown on a session page (oldest first)
 TAGS_SHOWN = 4  # tags shown in a list row (the rest in the title)
+# What the session page does not read (it shows the request, the answer and the error).
+SESSION_DEFERRED = ("stream_events", "payload", "response_text", "request_headers",
+                    "response_headers", "attempts", "metadata")
 
 
 class TagFilter(InputFilter):
@@ -145,6 +148,10 @@ class TaggingMixin:
         return [path("session/<str:session>/", self.admin_site.admin_view(self.session_view),
                      name=f"{self._info}_session")]
 
+    def tag_usage(self, start, end):
+        """The usage dashboard's "per tag" rows (see :func:`tag_usage`)."""
+        return tag_usage(start, end)
+
     def get_ordering(self, request):
         """Newest first, as always; with a tag filter by the call id read from the tag's
         index (the same order: ids are time-ordered), so that a page of a common tag's calls
@@ -177,15 +184,11 @@ class TaggingMixin:
         from django.core.exceptions import PermissionDenied
         from django.http import Http404
 
-        from openai_django.admin.calls import HEAVY_FIELDS
-
         if not self.has_view_permission(request):
             raise PermissionDenied
         found = list(tagging.session_calls(session, self.get_queryset(request))
                      .select_related("feedback")
-                     .defer(*(f for f in HEAVY_FIELDS
-                              if f not in ("request_body", "response_body", "output_text",
-                                           "error")))[:SESSION_CALLS_MAX + 1])
+                     .defer(*SESSION_DEFERRED)[:SESSION_CALLS_MAX + 1])
         if not found:
             raise Http404(_("No calls in session %s.") % session)
         calls = found[:SESSION_CALLS_MAX]

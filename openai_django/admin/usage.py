@@ -27,7 +27,6 @@ from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
 from openai_django.admin.formatting import format_cost
-from openai_django.admin.tagging import tag_usage
 from openai_django.models import APIKey, Call
 
 logger = logging.getLogger("openai_django.admin")
@@ -354,7 +353,7 @@ class UsageMixin:
             changelist_url=changelist, range_query=range_query, quick=quick,
             timezone_name=str(timezone.get_current_timezone()),
             price_note=_price_note(),
-            by_tag=tag_usage(start, end),
+            by_tag=self.tag_usage(start, end),  # TaggingMixin (admin/tagging.py)
         ))
 
 
