@@ -133,6 +133,8 @@ def measure(args):
                            f"{Call._meta.db_table} USING gin (tags jsonb_path_ops)")
             cursor.execute("ANALYZE")
         plans.append(("GIN on tags (PostgreSQL only)", by_gin))
+    figures["queries"]["no tag filter | newest 100 (the floor)"] = best(
+        lambda: list(newest.all()[:101]), args.repeat)
     try:
         for label, plan in plans:
             for which, tag in (("common", common), ("rare", rare)):
@@ -162,6 +164,19 @@ def measure(args):
                                                                             args.repeat)
         figures["queries"]["scan of tags column | spend per tag, 30 days"] = best(
             per_tag_scan, args.repeat)
+        from datetime import timedelta
+
+        from django.core.cache import cache
+
+        from openai_django.admin.tagging import tag_usage
+
+        cache.clear()
+        first_day, last_day = (now - timedelta(days=29)).date(), now.date()
+        figures["queries"]["dashboard per-tag rows, 30 days, first view"] = best(
+            lambda: (cache.clear(), tag_usage(first_day, last_day)), args.repeat)
+        tag_usage(first_day, last_day)
+        figures["queries"]["dashboard per-tag rows, 30 days, cached days"] = best(
+            lambda: tag_usage(first_day, last_day), args.repeat)
         assert {tag for _day, tag in per_tag_index()} <= set(TAGS)
     finally:
         if gin:

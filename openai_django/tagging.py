@@ -271,11 +271,28 @@ def _with_tag_rows_sql(connection, call_sql, count):
     return _SQL[key]
 
 
+SQLITE_TRIGGER = "od_call_tag_rows"  # migration 0009
+
+
+def _sqlite_trigger(connection):
+    """Whether this SQLite database has the trigger that writes a call's tag rows (looked up
+    once per connection)."""
+    found = getattr(connection, "od_tag_trigger", None)
+    if found is None:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1 FROM sqlite_master WHERE type = 'trigger' AND name = %s",
+                           [SQLITE_TRIGGER])
+            found = cursor.fetchone() is not None
+        connection.od_tag_trigger = found
+    return found
+
+
 def record_with_tags(manager, call, alias):
     """Insert ``call`` and its tag rows together: a call is never stored without the rows
     that find it by tag, nor rows without their call. On PostgreSQL one statement does both
-    (through the group-commit writer when it is on); elsewhere, or when the site listens to
-    the model's signals (the ORM saves), one transaction of two statements."""
+    (through the group-commit writer when it is on); on SQLite the call's INSERT does, by
+    the trigger of migration 0009; elsewhere (or on PostgreSQL when the site listens to the
+    model's signals: the ORM saves) one transaction of two statements."""
     from openai_django.models import CallTag
 
     connection = connections[alias]
@@ -290,6 +307,9 @@ def record_with_tags(manager, call, alias):
         call._state.adding = False
         call._state.db = alias
         return call
+    if connection.vendor == "sqlite" and _sqlite_trigger(connection):
+        # The migration's trigger writes the rows within the call's own INSERT.
+        return manager._insert(call, alias)
     call_id = meta.get_field("call").get_db_prep_save(call.pk, connection)
     with transaction.atomic(using=alias):
         manager._insert(call, alias)

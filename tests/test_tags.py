@@ -520,3 +520,49 @@ def test_export_has_labels_and_feedback(admin_client, labelled):
     assert by_id[labelled[0]]["session"] == "conv-1"
     assert json.loads(by_id[labelled[0]]["metadata"]) == {"customer": "c_42"}
     assert by_id[labelled[1]]["feedback_score"] == ""
+
+
+def test_tag_rows_are_written_on_every_path(upstream, user):
+    """The fast paths (PostgreSQL's one statement, SQLite's trigger) and the fallback (a
+    transaction of two statements: when the site listens to the model's signals, or a
+    database without the trigger) all write the same rows."""
+    import importlib
+
+    from django.db.models.signals import pre_save
+
+    def make(tags):
+        return openai_django.create("createChatCompletion", model="gpt-4o-mini",
+                                    messages=MESSAGES, user=user, call_tags=tags).call
+
+    fast = make("a,b")
+    seen = []
+
+    def listener(sender, instance, **kwargs):
+        seen.append(instance.pk)
+
+    pre_save.connect(listener, sender=Call)
+    try:
+        through_orm = make("c")
+    finally:
+        pre_save.disconnect(listener, sender=Call)
+    assert set(seen) == {through_orm.pk}  # its insert and its finish, through the ORM
+    assert tags_index(fast) == ["a", "b"] and tags_index(through_orm) == ["c"]
+    if connection.vendor == "sqlite":
+        trigger = importlib.import_module(
+            "openai_django.migrations.0009_calltag_sqlite_trigger")
+        with connection.cursor() as cursor:
+            cursor.execute(f"DROP TRIGGER {trigger.TRIGGER}")
+        connection.od_tag_trigger = None
+        try:
+            without_trigger = make("d,e")
+            assert tags_index(without_trigger) == ["d", "e"]
+        finally:
+            from django.apps import apps
+            from django.db.migrations.executor import MigrationExecutor
+
+            state = MigrationExecutor(connection).loader.project_state()
+            with connection.schema_editor() as editor:
+                trigger.create(state.apps if state else apps, editor)
+            connection.od_tag_trigger = None
+        assert make("f").tags == ["f"] and connection.od_tag_trigger is True
+    assert CallTag.objects.count() == 6 if connection.vendor == "sqlite" else 3
