@@ -416,6 +416,13 @@ def give_feedback(call, score, comment):
     return feedback
 
 
+def record_feedback(call, score, comment=""):
+    """Python's way to record (or replace) a call's feedback, checked like the endpoint's
+    body: ``record_feedback(call, -1, "Wrong answer")``; raises :class:`InvalidRequest`."""
+    score, comment = parse_feedback({"score": score, "comment": comment})
+    return give_feedback(call, score, comment)
+
+
 def feedback_to_dict(feedback):
     if feedback is None:
         return None

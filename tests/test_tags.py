@@ -387,6 +387,19 @@ def test_bad_feedback_is_refused_in_the_openai_shape(http, upstream, body, param
     assert not CallFeedback.objects.exists()
 
 
+def test_feedback_from_python(upstream, user):
+    from openai_django.tagging import record_feedback
+
+    call = openai_django.create("createChatCompletion", model="gpt-4o-mini",
+                                messages=MESSAGES, user=user).call
+    assert record_feedback(call, 0.5, "fine").score == 0.5
+    assert record_feedback(call, -1).comment == ""
+    with pytest.raises(InvalidRequest) as caught:
+        record_feedback(call, 3)
+    assert caught.value.param == "score"
+    assert CallFeedback.objects.get().score == -1.0
+
+
 def test_feedback_edges(http, upstream):
     call_id = http.post(http.base + "/chat/completions", json=chat()).headers["X-Call-Id"]
     url = http.base + f"/calls/{call_id}/feedback"
