@@ -579,3 +579,29 @@ def test_tag_rows_are_written_on_every_path(upstream, user):
             connection.od_tag_trigger = None
         assert make("f").tags == ["f"] and connection.od_tag_trigger is True
     assert CallTag.objects.count() == 6 if connection.vendor == "sqlite" else 3
+
+
+@pytest.mark.slow
+def test_labels_through_the_asgi_servers(asgi):
+    """The async views (uvicorn, granian) read, refuse and strip the headers the same way."""
+    import openai
+
+    site, server, standin = asgi
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key=site.key, max_retries=0,
+                           timeout=30)
+    raw = client.chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=MESSAGES, extra_headers=LABELS)
+    row = site.wait_call(raw.headers["x-call-id"],
+                         lambda r: r["status"] not in ("queued", "running"))
+    assert row["status"] == "succeeded", row
+    assert row["tags"] == ["checkout", "summary", "beta:2"]
+    assert row["session"] == "conv-7f0c3e2a" and row["metadata"]["city"] == "Zürich"
+    listed = site.calls(tag="summary", session="conv-7f0c3e2a")  # the site serves both servers
+    assert row["id"] in [c["id"] for c in listed]
+    assert all("summary" in c["tags"] for c in listed)
+    assert_never_forwarded(standin)
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES,
+                                       extra_headers={"OpenAI-Django-Session": "no good"})
+    assert caught.value.body["param"] == "OpenAI-Django-Session"
+    assert len(sent_to_upstream(standin)) == 1
