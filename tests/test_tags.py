@@ -605,3 +605,20 @@ def test_labels_through_the_asgi_servers(asgi):
                                        extra_headers={"OpenAI-Django-Session": "no good"})
     assert caught.value.body["param"] == "OpenAI-Django-Session"
     assert len(sent_to_upstream(standin)) == 1
+
+
+def test_session_ids_with_every_allowed_character(admin_client, http, upstream):
+    session = "user:42/conv=7+a@b_c.d-e"
+    response = http.post(http.base + "/chat/completions", json=chat("Slashes and all"),
+                         headers={"OpenAI-Django-Session": session})
+    assert response.status_code == 200, response.text
+    call_id = response.headers["X-Call-Id"]
+    text = admin_client.get(f"{LIST}{call_id}/change/").content.decode()
+    from django.urls import reverse
+
+    url = reverse("admin:openai_django_call_session", args=[session])
+    assert url in text
+    page = admin_client.get(url)
+    assert page.status_code == 200 and "Slashes and all" in page.content.decode()
+    assert [c["id"] for c in http.get(http.base + "/calls", params={"session": session}
+                                      ).json()["data"]] == [call_id]

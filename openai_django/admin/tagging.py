@@ -145,7 +145,7 @@ class TaggingMixin:
     def tagging_urls(self):
         from django.urls import path
 
-        return [path("session/<str:session>/", self.admin_site.admin_view(self.session_view),
+        return [path("session/<path:session>/", self.admin_site.admin_view(self.session_view),
                      name=f"{self._info}_session")]
 
     def tag_usage(self, start, end):
