@@ -80,8 +80,11 @@ class Context:
         return self.harness.workdir
 
     def gw_headers(self, content_type="application/json"):
+        # BENCH_GATEWAY_HEADERS (a JSON object) adds headers to the gateway's requests only,
+        # e.g. the OpenAI-Django-Tags/-Metadata/-Session labels, to measure what they cost.
+        extra = json.loads(os.environ.get("BENCH_GATEWAY_HEADERS") or "{}")
         return {"Content-Type": content_type,
-                "Authorization": f"Bearer {self.harness.client_key}"}
+                "Authorization": f"Bearer {self.harness.client_key}", **extra}
 
     def direct_headers(self, content_type="application/json"):
         return {"Content-Type": content_type, "Authorization": f"Bearer {UPSTREAM_KEY}"}

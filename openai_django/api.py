@@ -115,7 +115,10 @@ def create(operation, /, **kwargs):
     Keywords: the operation's parameters, plus ``user``, ``api_key`` (an ``APIKey`` or a raw
     key the site issued), ``target`` (any model instance the call is about), ``callback``
     (a task, or its dotted name, sent the call id when the call ends), ``files``,
-    ``headers``, ``query`` and ``idempotency_key``.
+    ``headers``, ``query``, ``idempotency_key``, and the site's own labels ``call_tags``
+    (a list or a comma-separated string), ``call_metadata`` (a flat dict) and
+    ``call_session`` (an id grouping a conversation): recorded, never sent upstream
+    (:mod:`openai_django.tagging`).
 
     Raises :class:`~openai_django.errors.UpstreamStatusError` when the upstream answers an
     error status, and the gateway's OpenAI-style errors when it cannot be reached; each

@@ -143,6 +143,11 @@ DEFAULTS = {
     # returning a reason or raising openai_django.policy.Refused (403, recorded). See also
     # the openai_django.signals.before_call signal.
     "BEFORE_CALL": None,
+    # Labels a client puts on a call (OpenAI-Django-Tags / -Metadata / -Session headers, or the
+    # Python API's call_tags= / call_metadata= / call_session=; see openai_django/tagging.py):
+    # the most tags one call may carry, and the largest metadata object, in bytes of JSON.
+    "TAGS_MAX": 20,
+    "METADATA_MAX_BYTES": 4096,
 }
 
 # Settings that name a dotted path to import.

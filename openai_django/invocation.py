@@ -22,7 +22,7 @@ from django.core.exceptions import TooManyFieldsSent, TooManyFilesSent
 from django.http.multipartparser import MultiPartParserError
 from urllib3.filepost import encode_multipart_formdata
 
-from openai_django import kinds
+from openai_django import kinds, tagging
 from openai_django.conf import app_settings
 from openai_django.errors import (
     InvalidRequest,
@@ -87,6 +87,10 @@ class Invocation:
     target: object = None
     callback: str = ""
     started: float = field(default_factory=time.perf_counter)
+    # The site's labels (openai_django.tagging): recorded, never sent upstream.
+    tags: list = field(default_factory=list)
+    metadata: dict | None = None
+    session: str = ""
 
     @cached_property
     def kind(self):
@@ -218,7 +222,14 @@ def from_request(request, operation, path_kwargs, *, user, api_key, started):
         user=user, api_key=api_key, started=started,
         idempotency_key=meta.get("HTTP_IDEMPOTENCY_KEY", "")[:255],
     )
+    try:
+        tagging.from_meta(invocation, meta)
+    except InvalidRequest as exc:
+        exc.invocation = invocation  # recorded as rejected, with none of the labels
+        raise
     for name in app_settings.FORWARD_HEADERS:
+        if name.startswith(tagging.HEADER_PREFIX):
+            continue  # the gateway's own headers never go upstream
         value = _header(meta, name)
         if value:
             invocation.headers[name] = value
@@ -487,10 +498,11 @@ def _query_value(value):
 
 def from_kwargs(operation, *, user=None, api_key=None, target=None, callback=None, files=None,
                 headers=None, query=None, idempotency_key=None, mode=Call.Mode.SYNC,
-                **params):
+                call_tags=None, call_metadata=None, call_session=None, **params):
     """An invocation from Python arguments, checked exactly like a request over HTTP; raises
     :class:`InvalidRequest` (``param`` set) or :class:`PayloadTooLarge` before anything is
-    recorded."""
+    recorded. ``call_tags``, ``call_metadata`` and ``call_session`` label the call like the
+    ``OpenAI-Django-*`` headers (see :mod:`openai_django.tagging`)."""
     op = _operation(operation)
     user, api_key = _resolve_key(user, api_key)
     path_kwargs = {}
@@ -533,11 +545,13 @@ def from_kwargs(operation, *, user=None, api_key=None, target=None, callback=Non
     invocation = Invocation(
         operation=op, path_kwargs=path_kwargs, query=query_string, body=body,
         raw_body=raw_body, files=uploads,
-        headers={k.lower(): v for k, v in (headers or {}).items() if k.lower() != "authorization"},
+        headers={k.lower(): v for k, v in tagging.forwardable(headers or {}).items()
+                 if k.lower() != "authorization"},
         user=user, api_key=api_key, mode=mode, source=Call.Source.PYTHON,
         idempotency_key=(idempotency_key or "")[:255], target=target,
         callback=str(getattr(callback, "name", callback) or ""),
     )
+    tagging.from_keywords(invocation, call_tags, call_metadata, call_session, headers)
     check(invocation, {k: _query_value(v) for k, v in query_items.items()}
           if not isinstance(query, str) else None)
     if invocation.stream:
@@ -593,7 +607,8 @@ def from_call(call, *, overrides=None, mode=None, source=None, replay_of=None, u
     ] if operation.is_multipart else []  # only multipart calls have input files: no query
     if operation.file_fields and not files and operation.is_multipart:
         raise ValueError(f"Call {call.pk} has no stored input files to send again.")
-    headers = {k: v for k, v in (call.request_headers or {}).items() if k != "authorization"}
+    headers = {k: v for k, v in tagging.forwardable(call.request_headers or {}).items()
+               if k != "authorization"}
     return Invocation(
         operation=operation, path_kwargs=path_kwargs_of(operation, call.path),
         query=call.query, body=body, raw_body=raw_body,
@@ -611,6 +626,10 @@ def from_call(call, *, overrides=None, mode=None, source=None, replay_of=None, u
         target=call.target if call.target_type_id and replay_of is not None else None,
         # A replay is for looking at, not for the site's "your description is ready" hooks.
         callback=call.callback if replay_of is None else "",
+        # A replay keeps the original's tags and metadata (its spend counts where the
+        # original's did), not its session: it is not a turn of that conversation.
+        tags=list(call.tags or ()), metadata=call.metadata,
+        session=call.session if replay_of is None else "",
     )
 
 

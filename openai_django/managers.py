@@ -147,10 +147,18 @@ class CallManager(models.Manager.from_queryset(CallQuerySet)):
         ``get_db_prep_save`` (so JSON, UUID and datetime columns are stored exactly as the
         ORM stores them) into SQL built once.
         """
-        if self._orm_only():
-            call.save(force_insert=True)
-            return call
         alias = router.db_for_write(self.model, instance=call)
+        if call.tags:
+            # A tagged call and its tag index rows are written together (tagging.py).
+            from openai_django.tagging import record_with_tags
+
+            return record_with_tags(self, call, alias)
+        return self._insert(call, alias)
+
+    def _insert(self, call, alias):
+        if self._orm_only():
+            call.save(force_insert=True, using=alias)
+            return call
         sql, plan = self._plan(connections[alias], "insert", None)
         self._execute(alias, sql, [convert(f.pre_save(call, True)) for f, convert in plan],
                       "insert")

@@ -265,6 +265,14 @@ class Call(models.Model):
                                    help_text=_("The redact hook changed what was stored."))
     body_purged_at = models.DateTimeField(_("bodies purged"), null=True, blank=True)
 
+    # The site's own labels (openai_django.tagging): never sent upstream.
+    tags = models.JSONField(_("tags"), default=list, blank=True,
+                            help_text=_("Normalised tags (indexed in CallTag, for filtering)."))
+    metadata = models.JSONField(_("metadata"), null=True, blank=True,
+                                help_text=_("A flat JSON object the caller attached."))
+    session = models.CharField(_("session"), max_length=128, blank=True,
+                               help_text=_("An id grouping the calls of one conversation."))
+
     objects = CallManager()
 
     class Meta:
@@ -302,6 +310,9 @@ class Call(models.Model):
             models.Index(fields=["created", "model", "user", "api_key", "status",
                                  "prompt_tokens", "completion_tokens", "total_tokens",
                                  "cost_usd"], name="od_call_usage"),
+            # A session's calls in order; only calls that name a session are in it.
+            models.Index(fields=["session", "created"], name="od_call_session",
+                         condition=~models.Q(session="")),
         ]
         constraints = [
             models.UniqueConstraint(
@@ -422,3 +433,52 @@ class ConcurrencyLease(models.Model):
 
     def __str__(self):
         return f"{self.key} #{self.slot}"
+
+
+class CallTag(models.Model):
+    """One tag of one call: the index that filters calls by tag (see openai_django.tagging).
+
+    A row per (call, tag) rather than a delimited text column: an equality on ``tag`` is an
+    index range scan on SQLite and PostgreSQL alike, where ``LIKE '%,tag,%'`` reads every row
+    (figures in the README, "Tags, metadata and sessions"). ``(tag, call)`` gives a tag's
+    calls newest first (call ids are time-ordered) and answers "has this call that tag";
+    ``created`` is the call's, copied so that a period's spend per tag starts from this
+    table's ``(created, tag)`` index.
+    """
+
+    call = models.ForeignKey(Call, on_delete=models.CASCADE, related_name="tag_rows",
+                             verbose_name=_("call"))  # its own index: deletes of calls
+    tag = models.CharField(_("tag"), max_length=64)
+    created = models.DateTimeField(_("created"))
+
+    class Meta:
+        verbose_name = _("call tag")
+        verbose_name_plural = _("call tags")
+        constraints = [
+            models.UniqueConstraint(fields=["tag", "call"], name="od_calltag_tag_call"),
+        ]
+        indexes = [
+            models.Index(fields=["created", "tag"], name="od_calltag_created_tag"),
+        ]
+
+    def __str__(self):
+        return self.tag
+
+
+class CallFeedback(models.Model):
+    """The call's own user's verdict on it: one per call, replaced when given again."""
+
+    call = models.OneToOneField(Call, on_delete=models.CASCADE, related_name="feedback",
+                                primary_key=True, verbose_name=_("call"))
+    score = models.FloatField(_("score"), help_text=_("From -1 (bad) to 1 (good)."))
+    comment = models.TextField(_("comment"), blank=True)
+    created = models.DateTimeField(_("given"), default=timezone.now)
+    updated = models.DateTimeField(_("updated"), default=timezone.now)
+
+    class Meta:
+        verbose_name = _("call feedback")
+        verbose_name_plural = _("call feedback")
+        indexes = [models.Index(fields=["score"], name="od_feedback_score")]
+
+    def __str__(self):
+        return f"{self.score:+g}"

@@ -77,6 +77,9 @@ def _new_call(invocation, status, bodies):
         request_headers=invocation.recorded_headers(),
         replay_of_id=invocation.replay_of_id,
         metadata_only=not bodies,
+        tags=invocation.tags,
+        metadata=invocation.metadata,
+        session=invocation.session,
     )
 
 

@@ -55,8 +55,14 @@ def call_to_dict(call, request=None, *, full=True):
         "replay_of": str(call.replay_of_id) if call.replay_of_id else None,
         "upstream_request_id": call.upstream_request_id or None,
         "attempts": call.attempt_count,
+        "tags": list(call.tags or ()),
+        "metadata": call.metadata,
+        "session": call.session or None,
     }
     if full:
+        from openai_django.tagging import feedback_of, feedback_to_dict
+
+        data["feedback"] = feedback_to_dict(feedback_of(call))
         data.update({
             "query": call.query or None,
             "request": call.request_body,

@@ -62,6 +62,8 @@ urlpatterns = [
     path("v1/calls/<str:call_id>/response", _view(views.CallResponseView),
          name="call-response"),
     path("v1/calls/<str:call_id>/cancel", _view(views.CallCancelView), name="call-cancel"),
+    path("v1/calls/<str:call_id>/feedback", _view(views.CallFeedbackView),
+         name="call-feedback"),
     path("v1/calls/<str:call_id>/artifacts/<str:artifact_id>", _view(views.ArtifactContentView),
          name="call-artifact"),
     path("metrics", metrics.metrics_view, name="metrics"),  # Prometheus; off unless METRICS

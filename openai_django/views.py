@@ -19,7 +19,7 @@ from rest_framework.permissions import IsAuthenticated
 from rest_framework.renderers import JSONRenderer
 from rest_framework.views import APIView
 
-from openai_django import access, gateway, invocation, recorder
+from openai_django import access, gateway, invocation, recorder, tagging_views
 from openai_django.auth import APIKeyAuthentication, authenticate_key, is_site_key
 from openai_django.conf import app_settings
 from openai_django.errors import (
@@ -260,6 +260,7 @@ class CallListView(GatewayAPIView):
         for name in ("operation", "status", "model", "object_id"):
             if params.get(name):
                 calls = calls.filter(**{name: params[name]})
+        calls = tagging_views.filter_log(calls, params)
         page = list(calls.defer("request_body", "response_body", "stream_events", "payload",
                                 "response_text", "output_text")[: limit + 1])
         has_more = len(page) > limit
@@ -300,6 +301,12 @@ class CallCancelView(GatewayAPIView):
                            f"cancelled.", code="call_not_cancellable", call=call)
         call.refresh_from_db()
         return json_response(call_to_dict(call, request), headers={"X-Call-Id": str(call.pk)})
+
+
+class CallFeedbackView(tagging_views.FeedbackMixin, GatewayAPIView):
+    """``GET``/``POST``/``DELETE /v1/calls/<id>/feedback``: the call's own user's verdict."""
+
+    get_call = staticmethod(_get_call)
 
 
 class ArtifactContentView(GatewayAPIView):

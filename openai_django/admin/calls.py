@@ -44,6 +44,7 @@ from openai_django.admin.filters import (
 from openai_django.admin.formatting import choice_label, format_cost, format_ms, user_label
 from openai_django.admin.pagination import LookaheadPaginator
 from openai_django.admin.replay import ReplayMixin
+from openai_django.admin.tagging import FeedbackFilter, SessionFilter, TagFilter, TaggingMixin
 from openai_django.admin.usage import UsageMixin
 from openai_django.models import Artifact, Call
 
@@ -51,7 +52,8 @@ logger = logging.getLogger("openai_django.admin")
 
 # Columns the list never shows: not read for a changelist page (a few KB each, 100 rows a page).
 HEAVY_FIELDS = ("request_body", "response_body", "stream_events", "payload", "response_text",
-                "output_text", "request_headers", "response_headers", "attempts", "error")
+                "output_text", "request_headers", "response_headers", "attempts", "error",
+                "metadata")
 
 ABOUT_MAX = 20  # other calls about the same upstream object, on a call's page
 LINKS_MAX = 12  # linked objects shown (a fine-tune may name many result files)
@@ -87,16 +89,18 @@ class CallChangeList(ChangeList):
             self.result_list = complete
 
 
-class CallAdmin(ReplayMixin, UsageMixin, ExportMixin, admin.ModelAdmin):
+class CallAdmin(TaggingMixin, ReplayMixin, UsageMixin, ExportMixin, admin.ModelAdmin):
     """Read-only admin for the call log, with replay, compare, usage and export views."""
 
     list_display = ("created_display", "operation_display", "model_display", "user_display",
                     "key_display", "status_display", "http_display", "latency_display",
-                    "tokens_display", "cost_display", "markers", "prompt_display")
+                    "tokens_display", "cost_display", "markers", "tags_display",
+                    "prompt_display")
     list_display_links = ("created_display",)
     list_select_related = ("user", "api_key")
     list_filter = (KindFilter, OperationFilter, ModelFilter, StatusFilter, UserFilter, KeyFilter,
-                   ObjectFilter, HasErrorFilter, ReplayFilter)
+                   ObjectFilter, HasErrorFilter, ReplayFilter, TagFilter, SessionFilter,
+                   FeedbackFilter)
     list_per_page = 100
     list_max_show_all = 100
     show_full_result_count = False
@@ -319,6 +323,7 @@ class CallAdmin(ReplayMixin, UsageMixin, ExportMixin, admin.ModelAdmin):
         wrap = self.admin_site.admin_view
         info = self._info
         return [
+            *self.tagging_urls(),
             path("usage/", wrap(self.usage_view), name=f"{info}_usage"),
             path("export/", wrap(self.export_view), name=f"{info}_export"),
             path("compare/", wrap(self.compare_report_view), name=f"{info}_compare_report"),
@@ -420,6 +425,7 @@ class CallAdmin(ReplayMixin, UsageMixin, ExportMixin, admin.ModelAdmin):
             editable=op is not None and (op.is_json or op.is_multipart),
             key_calls_url=(reverse(f"{self.admin_site.name}:{self._info}_changelist")
                            + f"?key={call.api_key_id}") if call.api_key_id else "",
+            **self.tagging_context(request, call),
             **(extra_context or {}),
         )
         if kind == "chat":

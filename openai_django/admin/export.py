@@ -20,6 +20,7 @@ from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
 from openai_django.serializers import call_to_dict
+from openai_django.tagging import feedback_of
 
 logger = logging.getLogger("openai_django.admin")
 
@@ -29,7 +30,8 @@ CSV_COLUMNS = ["id", "created", "finished_at", "operation", "model", "user", "ap
                "status", "outcome", "mode", "source", "stream", "http_status", "latency_ms",
                "upstream_latency_ms", "first_byte_ms", "prompt_tokens", "completion_tokens",
                "total_tokens", "cost_usd", "replay_of", "upstream_request_id", "prompt",
-               "output_text", "error"]
+               "output_text", "error", "tags", "session", "metadata", "feedback_score",
+               "feedback_comment"]
 # Never exported: the pending payload is the request as it is to be sent (unredacted).
 NOT_EXPORTED = ("payload",)
 CSV_DEFERRED = ("payload", "request_body", "response_body", "stream_events", "response_text",
@@ -73,8 +75,8 @@ def streamed(queryset):
 
 
 def jsonl_lines(queryset):
-    calls = (queryset.defer(None).defer(*NOT_EXPORTED).select_related("user", "api_key")
-             .prefetch_related("artifacts"))
+    calls = (queryset.defer(None).defer(*NOT_EXPORTED)
+             .select_related("user", "api_key", "feedback").prefetch_related("artifacts"))
     for call in streamed(calls):
         record = call_to_dict(call)
         record["user"] = _user(call)
@@ -88,11 +90,13 @@ def csv_lines(queryset):
     writer = csv.writer(buffer)
     writer.writerow(CSV_COLUMNS)
     yield buffer.getvalue().encode()
-    calls = queryset.defer(None).defer(*CSV_DEFERRED).select_related("user", "api_key")
+    calls = (queryset.defer(None).defer(*CSV_DEFERRED)
+             .select_related("user", "api_key", "feedback"))
     for call in streamed(calls):
         buffer.seek(0)
         buffer.truncate()
         error = call.error.get("message", "") if isinstance(call.error, dict) else ""
+        feedback = feedback_of(call)
         writer.writerow([_csv_cell(v) for v in (
             call.pk, _iso(call.created), _iso(call.finished_at), call.operation, call.model,
             _user(call), call.api_key.masked if call.api_key_id and call.api_key else "",
@@ -100,7 +104,10 @@ def csv_lines(queryset):
             call.response_status, call.latency_ms, call.upstream_latency_ms,
             call.first_byte_ms, call.prompt_tokens, call.completion_tokens, call.total_tokens,
             call.cost_usd, call.replay_of_id or "", call.upstream_request_id,
-            call.prompt_preview, call.output_text, error,
+            call.prompt_preview, call.output_text, error, ",".join(call.tags or ()),
+            call.session, orjson.dumps(call.metadata).decode() if call.metadata else "",
+            feedback.score if feedback is not None else "",
+            feedback.comment if feedback is not None else "",
         )])
         yield buffer.getvalue().encode()
 

@@ -353,6 +353,7 @@ class UsageMixin:
             changelist_url=changelist, range_query=range_query, quick=quick,
             timezone_name=str(timezone.get_current_timezone()),
             price_note=_price_note(),
+            by_tag=self.tag_usage(start, end),  # TaggingMixin (admin/tagging.py)
         ))
 
 

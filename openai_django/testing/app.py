@@ -374,7 +374,10 @@ class StandinApp:
             if value is not None:
                 headers[name] = mask_authorization(value) if name == "authorization" else value
         entry: dict[str, Any] = {"time": time.time(), "method": req.method, "path": req.path,
-                                 "query": query_params(req), "headers": headers, "body": None}
+                                 "query": query_params(req), "headers": headers, "body": None,
+                                 # Every header's name (values only of the logged ones), so
+                                 # a test can check what was never forwarded.
+                                 "header_names": sorted(req.headers)}
         body = req.body
         if body:
             entry["body_bytes"] = len(body)
