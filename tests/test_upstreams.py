@@ -1,0 +1,261 @@
+"""Many upstreams: routing by model and pattern, rename, fallbacks with every attempt
+recorded, the circuit breaker, objects read back from the upstream that holds them.
+
+Three stand-in upstreams on loopback, each with a key of its own: ``a`` (the session's
+stand-in, the default), ``b`` and ``c`` started here.
+"""
+
+import asyncio
+import time
+
+import pytest
+
+from openai_django import api
+from openai_django.models import Call, UpstreamHealth
+from openai_django.testing import StandinServer
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+KEY_A = "sk-upstream-secret-0000"
+KEY_B = "sk-second-upstream-1111"
+KEY_C = "sk-third-upstream-2222"
+HELLO = [{"role": "user", "content": "hello"}]
+
+
+@pytest.fixture(scope="module")
+def second():
+    with StandinServer(api_key=KEY_B) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def third():
+    with StandinServer(api_key=KEY_C) as server:
+        yield server
+
+
+@pytest.fixture
+def many(upstream, second, third, settings, monkeypatch):
+    """UPSTREAMS with a, b and c (b's key from the environment); fallbacks for gpt-4o."""
+    for server in (second, third):
+        server.clear_faults()
+        server.clear_requests()
+        server.configure(ttft_ms=0, gap_ms=0, events=8)
+    monkeypatch.setenv("TEST_SECOND_KEY", KEY_B)
+    settings.OPENAI_DJANGO = {
+        **settings.OPENAI_DJANGO,
+        "UPSTREAMS": {
+            "a": {"base_url": upstream.url, "api_key": KEY_A,
+                  "models": ["gpt-4o-mini", "gpt-4*", "text-embedding-*", "babbage-002"]},
+            "b": {"base_url": second.url, "api_key_env": "TEST_SECOND_KEY",
+                  "kind": "compatible", "headers": {"X-Site": "acme"},
+                  "models": [{"match": "local/*", "rename": "*"}, "llama-3"]},
+            "c": {"base_url": third.url, "api_key": KEY_C, "kind": "compatible",
+                  "models": {"gpt-4o": "gpt-4o-on-c"}},
+        },
+        "FALLBACKS": {"gpt-4o": ["a", "b", "c"], "gpt-4.1*": ["a", "c"]},
+        "CIRCUIT_BREAKER": {"threshold": 3, "cooldown": 1.0, "backend": "db", "refresh": 0},
+    }
+    yield {"a": upstream, "b": second, "c": third}
+    for server in (second, third):
+        server.clear_faults()
+
+
+def chat(http, model, **extra):
+    return http.post(f"{http.base}/chat/completions",
+                     json={"model": model, "messages": HELLO, **extra})
+
+
+def last_call(response):
+    return Call.objects.get(pk=response.headers["X-Call-Id"])
+
+
+def posted(server, path="/v1/chat/completions"):
+    return [r for r in server.requests() if r["path"] == path]
+
+
+def test_routes_by_model_name_and_pattern_with_rename(http, many):
+    response = chat(http, "gpt-4o-mini")
+    assert response.status_code == 200, response.text
+    assert last_call(response).upstream == "a"
+    response = chat(http, "local/qwen2.5-7b")
+    assert response.status_code == 200, response.text
+    call = last_call(response)
+    assert call.upstream == "b" and call.model == "local/qwen2.5-7b"
+    assert call.upstream_attempts is None
+    sent = posted(many["b"])[-1]
+    assert sent["body"]["model"] == "qwen2.5-7b"  # the pattern's rename
+    assert sent["headers"]["authorization"].endswith(KEY_B[-4:])  # b's key, from the env
+    assert call.request_body["model"] == "local/qwen2.5-7b"  # the record keeps the client's
+    assert len(posted(many["a"])) == 1 and not posted(many["c"])
+    # An exact name on b; a model nobody lists goes to the default (a).
+    assert last_call(chat(http, "llama-3")).upstream == "b"
+    assert last_call(chat(http, "mystery-model")).upstream == "a"
+
+
+def test_the_upstream_key_and_headers_are_never_recorded(http, many):
+    response = chat(http, "llama-3")
+    call = last_call(response)
+    assert KEY_B not in str(call.request_headers) and KEY_B not in str(call.response_headers)
+    assert "x-site" not in {k.lower() for k in call.request_headers}
+
+
+def test_fallback_on_429_records_every_attempt(http, many):
+    many["a"].fault(path="/v1/chat/completions", kind="status", status=429, times=1)
+    response = chat(http, "gpt-4o")
+    assert response.status_code == 200, response.text
+    call = last_call(response)
+    assert call.upstream == "b" and call.status == Call.Status.SUCCEEDED
+    first, second = call.upstream_attempts
+    assert first["upstream"] == "a" and first["status"] == 429
+    assert first["outcome"] == "http_error" and first["ms"] >= 0
+    assert second == {**second, "upstream": "b", "status": 200, "outcome": "ok"}
+    assert posted(many["b"])[-1]["body"]["model"] == "gpt-4o"
+
+
+def test_fallback_on_500_and_on_reset_to_the_third(http, many):
+    many["a"].fault(path="/v1/chat/completions", kind="status", status=500, times=1)
+    many["b"].fault(path="/v1/chat/completions", kind="reset", times=1)
+    response = chat(http, "gpt-4o")
+    assert response.status_code == 200, response.text
+    call = last_call(response)
+    assert [a["upstream"] for a in call.upstream_attempts] == ["a", "b", "c"]
+    assert call.upstream_attempts[0]["status"] == 500
+    assert call.upstream_attempts[1]["outcome"] == "unreachable"
+    assert call.upstream == "c"
+    assert posted(many["c"])[-1]["body"]["model"] == "gpt-4o-on-c"  # c's rename
+
+
+def test_the_last_upstreams_error_is_the_answer(http, many):
+    many["a"].fault(path="/v1/chat/completions", kind="status", status=503, times=1)
+    many["c"].fault(path="/v1/chat/completions", kind="status", status=500, times=1)
+    response = chat(http, "gpt-4.1-mini")
+    assert response.status_code == 500
+    call = last_call(response)
+    assert call.upstream == "c" and call.status == Call.Status.FAILED
+    assert [a["status"] for a in call.upstream_attempts] == [503, 500]
+    assert not posted(many["b"])
+
+
+def test_no_fallback_for_an_operation_not_safe_to_repeat(http, many):
+    """Creating a fine-tuning job may have happened upstream when it answered 500: never sent
+    twice. A 429 refused it: safe to send on."""
+    many["a"].fault(path="/v1/files", kind="status", status=500, times=1)
+    upload = http.post(f"{http.base}/files", files={"file": ("t.jsonl", b'{"a": 1}\n')},
+                       data={"purpose": "fine-tune"})
+    assert upload.status_code == 500
+    assert last_call(upload).upstream_attempts is None
+    body = {"model": "gpt-4o", "training_file": "file-abc"}
+    many["a"].fault(path="/v1/fine_tuning/jobs", kind="status", status=500, times=1)
+    response = http.post(f"{http.base}/fine_tuning/jobs", json=body)
+    assert response.status_code == 500
+    assert last_call(response).upstream == "a"
+    assert not posted(many["b"], "/v1/fine_tuning/jobs")
+    many["a"].fault(path="/v1/fine_tuning/jobs", kind="status", status=429, times=1)
+    response = http.post(f"{http.base}/fine_tuning/jobs", json=body)
+    call = last_call(response)
+    assert call.upstream == "b", call.upstream_attempts
+    assert [a["status"] for a in call.upstream_attempts][0] == 429
+
+
+def test_a_stream_falls_back_before_its_first_event_only(http, many):
+    many["a"].fault(path="/v1/chat/completions", kind="status", status=429, times=1)
+    response = chat(http, "gpt-4o", stream=True)
+    lines = [line for line in response.iter_lines() if line]
+    assert lines[-1] == b"data: [DONE]"
+    call = _finished(response)
+    assert call.upstream == "b" and call.outcome == Call.Outcome.OK
+    # Broken off after two events: the client had them; the stream is not sent elsewhere.
+    many["b"].clear_requests()
+    many["a"].fault(path="/v1/chat/completions", kind="cut", after=2, times=1)
+    response = chat(http, "gpt-4o", stream=True)
+    lines = [line for line in response.iter_lines() if line]
+    assert b"[DONE]" not in lines[-1]
+    call = _finished(response)
+    assert call.upstream == "a" and call.outcome == Call.Outcome.STREAM_BROKEN
+    assert call.upstream_attempts is None
+    assert not posted(many["b"]) and not posted(many["c"])
+
+
+def _finished(response, timeout=10):
+    deadline = time.monotonic() + timeout
+    while True:
+        call = last_call(response)
+        if call.is_finished or time.monotonic() > deadline:
+            return call
+        time.sleep(0.05)
+
+
+def test_circuit_breaker_opens_skips_and_closes(http, many):
+    many["a"].fault(path="/v1/chat/completions", kind="status", status=502, times=3)
+    for _ in range(3):
+        assert chat(http, "gpt-4o").status_code == 200
+    health = UpstreamHealth.objects.get(name="a")
+    assert health.failures == 3 and health.opened_until is not None
+    many["a"].clear_requests()
+    response = chat(http, "gpt-4o")
+    call = last_call(response)
+    assert call.upstream == "b"
+    assert call.upstream_attempts[0] == {"upstream": "a", "model": "gpt-4o",
+                                         "outcome": "skipped", "error": "circuit open"}
+    assert not posted(many["a"])  # skipped, not asked
+    # A model whose route has only a: still tried (no one else to ask).
+    assert last_call(chat(http, "gpt-4o-mini")).upstream == "a"
+    time.sleep(1.1)  # the cool-down
+    response = chat(http, "gpt-4o")
+    assert last_call(response).upstream == "a"  # half-open: tried, answered
+    health.refresh_from_db()
+    assert health.failures == 0 and health.opened_until is None
+    assert health.times_opened == 1 and health.last_success_at is not None
+
+
+def test_files_are_read_back_from_the_upstream_that_holds_them(http, many, settings):
+    settings.OPENAI_DJANGO = {**settings.OPENAI_DJANGO, "DEFAULT_UPSTREAM": "b"}
+    upload = http.post(f"{http.base}/files", files={"file": ("d.jsonl", b'{"x": 1}\n')},
+                       data={"purpose": "batch"})
+    assert upload.status_code == 200, upload.text
+    file_id = upload.json()["id"]
+    assert last_call(upload).upstream == "b"
+    settings.OPENAI_DJANGO = {**settings.OPENAI_DJANGO, "DEFAULT_UPSTREAM": "a"}
+    content = http.get(f"{http.base}/files/{file_id}/content")
+    assert content.status_code == 200 and content.content == b'{"x": 1}\n'
+    assert last_call(content).upstream == "b"
+    assert http.get(f"{http.base}/files/{file_id}").json()["id"] == file_id
+    listing = http.get(f"{http.base}/files")  # no object: the default
+    assert last_call(listing).upstream == "a"
+    assert file_id not in {f["id"] for f in listing.json()["data"]}
+
+
+def test_async_python_api_routes_and_falls_back(many, user):
+    many["a"].fault(path="/v1/chat/completions", kind="status", status=500, times=1)
+
+    async def go():
+        return await api.acreate("createChatCompletion", model="gpt-4o", messages=HELLO,
+                                 user=user)
+
+    result = asyncio.run(go())
+    call = Call.objects.get(pk=result.call.pk)
+    assert call.upstream == "b" and [a["upstream"] for a in call.upstream_attempts] == \
+        ["a", "b"]
+    result = asyncio.run(api.acreate("createChatCompletion", model="local/x", messages=HELLO,
+                                     user=user))
+    assert Call.objects.get(pk=result.call.pk).upstream == "b"
+    assert posted(many["b"])[-1]["body"]["model"] == "x"
+
+
+def test_today_sdk_through_routing_and_fallback(sdk, many):
+    many["a"].fault(path="/v1/chat/completions", kind="status", status=429, times=1)
+    completion = sdk.chat.completions.create(model="gpt-4o", messages=HELLO)
+    assert completion.choices[0].message.content
+    call = Call.objects.order_by("-created").first()
+    assert call.upstream == "b"
+    stream = sdk.chat.completions.create(model="local/m", messages=HELLO, stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    assert Call.objects.order_by("-created").first().upstream == "b"
+
+
+def test_single_base_url_is_the_default_upstream(http, upstream):
+    response = chat(http, "gpt-4o-mini")
+    assert response.status_code == 200
+    assert last_call(response).upstream == "default"
+    assert last_call(response).upstream_attempts is None
