@@ -11,10 +11,13 @@ reason to answer an error without asking anyone.
 The state lives in Redis (a hash per upstream) when a Redis URL is known, as for
 ``CONCURRENCY`` (``backend`` "redis"), else in the database (:class:`UpstreamHealth`, "db").
 A healthy call costs no store access: each process keeps the state it last read for at most
-``refresh`` seconds, and writes only failures, and the first success after them.
+``refresh`` seconds, and writes only failures, and the first success after them. Those writes
+are made by a thread of the breaker's own, never in the call's time (a fallback would
+otherwise wait on a database write); the process's own view changes at once.
 """
 
 import logging
+import queue
 import threading
 import time
 from datetime import UTC, datetime
@@ -141,6 +144,8 @@ class Breaker:
         self._store = None
         self._seen = {}  # name -> (monotonic time read, state)
         self._lock = threading.Lock()
+        self._writes = queue.Queue()
+        self._writer = None
 
     @property
     def store(self):
@@ -200,35 +205,77 @@ class Breaker:
         return state["failures"] > 0 or state["opened_until"] > 0
 
     def failure(self, name, entry):
+        """Count a failure of ``name``: this process's view at once (it opens the circuit
+        itself at the threshold), the shared store by the writer thread."""
         options = _options()
-        error = entry.get("error") or f"HTTP {entry.get('status')}"
-        try:
-            failures, opened_until = self.store.failure(
-                name, str(error), int(options["threshold"]), float(options["cooldown"]))
-        except Exception:
-            logger.exception("Could not record a failure of upstream %s", name)
-            return
-        if opened_until:
-            logger.warning("Upstream %s failed %s times in a row: skipped for %ss", name,
-                           failures, options["cooldown"])
+        threshold, cooldown = int(options["threshold"]), float(options["cooldown"])
+        error = str(entry.get("error") or f"HTTP {entry.get('status')}")[:300]
         with self._lock:
-            state = dict(self._local(name), failures=failures, last_error=str(error)[:300])
-            if opened_until:
-                state["opened_until"] = opened_until
-            self._seen[name] = (time.monotonic(), state)
+            state = dict(self._local(name))
+            state["failures"] += 1
+            state["last_error"] = error
+            if state["failures"] >= threshold and state["opened_until"] <= time.time():
+                state["opened_until"] = time.time() + cooldown
+            self._seen[name] = (self._seen.get(name, (time.monotonic(),))[0], state)
+        self._write(self._store_failure, name, error, threshold, cooldown)
 
     def success(self, name):
-        try:
-            self.store.success(name)
-        except Exception:
-            logger.exception("Could not record a success of upstream %s", name)
-            return
+        """An answer from ``name``: its circuit closes (here at once, in the store soon)."""
         with self._lock:
             self._seen[name] = (time.monotonic(), _state())
+        self._write(self._store_success, name)
+
+    def _store_failure(self, name, error, threshold, cooldown):
+        failures, opened_until = self.store.failure(name, error, threshold, cooldown)
+        if opened_until and failures == threshold:
+            logger.warning("Upstream %s failed %s times in a row: skipped for %ss", name,
+                           failures, cooldown)
+        with self._lock:
+            state = dict(self._local(name), failures=failures)
+            state["opened_until"] = max(opened_until, state["opened_until"])
+            self._seen[name] = (time.monotonic(), state)
+
+    def _store_success(self, name):
+        self.store.success(name)
+
+    # -- the writer thread ----------------------------------------------------------------
+
+    def _write(self, function, *args):
+        self._writes.put((function, args))
+        with self._lock:
+            if self._writer is None or not self._writer.is_alive():
+                self._writer = threading.Thread(target=self._drain, daemon=True,
+                                                name="openai-django-breaker")
+                self._writer.start()
+
+    def _drain(self):
+        from django.db import connections
+
+        while True:
+            try:
+                function, args = self._writes.get(timeout=5.0)
+            except queue.Empty:
+                with self._lock:
+                    if self._writes.empty():
+                        self._writer = None
+                        break
+                continue
+            try:
+                function(*args)
+            except Exception:
+                logger.exception("Could not record the health of upstream %s", args[0])
+            finally:
+                self._writes.task_done()
+        connections.close_all()  # the thread's own connection, not the callers'
+
+    def flush(self):
+        """Wait until every write so far reached the store (tests, the admin)."""
+        self._writes.join()
 
     def state(self, name):
         """``{"state": "closed"|"open"|"half-open", "failures", "opened_until", ...}`` read
         from the store now (the admin)."""
+        self.flush()
         self.refresh([name], force=True)
         state = dict(self._local(name))
         now = time.time()

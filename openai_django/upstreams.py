@@ -48,6 +48,8 @@ from django.core.signals import setting_changed
 
 from openai_django.conf import app_settings
 from openai_django.errors import UpstreamTimeout, UpstreamUnavailable
+from openai_django.transport import get_async_client
+from openai_django.upstream import get_client
 
 logger = logging.getLogger("openai_django.upstreams")
 
@@ -341,7 +343,7 @@ def route(invocation):
     """The hops a call goes along, first choice first."""
     cfg = config()
     if cfg.single:
-        return (Hop(cfg.upstreams[DEFAULT]),)
+        return cfg.routes.get("") or cfg.routes.setdefault("", (Hop(cfg.upstreams[DEFAULT]),))
     op = invocation.operation
     model = op.model_from(invocation.body, invocation.path_kwargs)
     if model:
@@ -535,21 +537,92 @@ def _candidates(hops, breaker):
     return allowed, skipped
 
 
+class _Primed:
+    """A stream whose first bytes were read before the client was answered (so that a
+    stream broken before its first event can still go to the next upstream): they come
+    first, then the rest as the handle reads it."""
+
+    def __init__(self, raw, first):
+        self._raw, self._first = raw, first
+
+    def read1(self, size=65536):
+        first, self._first = self._first, None
+        return first if first is not None else self._raw.read1(size)
+
+    def release_conn(self):
+        self._raw.release_conn()
+
+    def close(self):
+        self._raw.close()
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self):
+        first, self._first = self._first, None
+        return first if first is not None else await self._raw.__anext__()
+
+    async def aclose(self):
+        await self._raw.aclose()
+
+    @property
+    def closed(self):
+        return self._raw.closed
+
+
+def _before_first_event(what):
+    return UpstreamUnavailable(f"The upstream API {what} before the stream's first event.")
+
+
+def _primed(response):
+    import http.client
+
+    raw = response.raw
+    try:
+        first = raw.read1(65536)
+    except TimeoutError as exc:
+        raw.close()
+        raise UpstreamTimeout("The upstream API sent no event within the timeout.") from exc
+    except (http.client.HTTPException, OSError) as exc:
+        raw.close()
+        raise _before_first_event(f"broke off ({exc or type(exc).__name__})") from exc
+    if not first:
+        raw.close()
+        raise _before_first_event("ended the stream")
+    response.raw = _Primed(raw, first)
+    return response
+
+
+async def _aprimed(response):
+    raw = response.raw
+    try:
+        first = await raw.__anext__()
+    except StopAsyncIteration:
+        raise _before_first_event("ended the stream") from None
+    except (UpstreamTimeout, UpstreamUnavailable):
+        raise  # the handle dropped the connection
+    except BaseException:
+        await raw.aclose()
+        raise
+    response.raw = _Primed(raw, first)
+    return response
+
+
 def send(invocation, build):
     """Send a call along its route (sync); returns the :class:`UpstreamResponse` of the hop
     that answered, tagged with ``upstream_name``/``upstream_attempts``; or raises the last
     hop's error, tagged likewise."""
-    hops = route(invocation)
-    if len(hops) == 1 and config().single:
+    if config().single:  # the one BASE_URL upstream: the path it always was
         args, kwargs = build(invocation)
         try:
-            response = client(hops[0].upstream).send(*args, **kwargs)
+            response = get_client().send(*args, **kwargs)
         except Exception as exc:
             _tag(exc, DEFAULT, ())
             raise
         return _tag(response, DEFAULT, ())
     from openai_django.breaker import breaker
 
+    hops = route(invocation)
     tries, skipped = _candidates(hops, breaker)
     attempts = [_entry(h, 0, skipped="circuit open") for h in skipped]
     for index, hop in enumerate(tries):
@@ -560,8 +633,10 @@ def send(invocation, build):
         try:
             args, kwargs = hop_request(invocation, hop, build)
             response = adapt_response(upstream, client(upstream).send(*args, **kwargs))
+            if response.raw is not None and not last and response.status < 400:
+                response = _primed(response)
         except Exception as exc:
-            error = exc
+            response, error = None, exc
         attempts.append(_entry(hop, started, response, error))
         failed = error is not None or _retryable_status(response.status)
         if isinstance(error, (UpstreamUnavailable, UpstreamTimeout)) or (
@@ -585,11 +660,10 @@ def send(invocation, build):
 async def asend(invocation, build):
     """:func:`send` with the async clients (the breaker's store is reached in the database
     pool's threads)."""
-    hops = route(invocation) if config().single else None
-    if hops is not None:
+    if config().single:
         args, kwargs = build(invocation)
         try:
-            response = await aclient(hops[0].upstream).send(*args, **kwargs)
+            response = await get_async_client().send(*args, **kwargs)
         except Exception as exc:
             _tag(exc, DEFAULT, ())
             raise
@@ -610,15 +684,17 @@ async def asend(invocation, build):
             args, kwargs = hop_request(invocation, hop, build)
             response = adapt_response(upstream,
                                       await aclient(upstream).send(*args, **kwargs))
+            if response.raw is not None and not last and response.status < 400:
+                response = await _aprimed(response)
         except Exception as exc:
-            error = exc
+            response, error = None, exc
         attempts.append(_entry(hop, started, response, error))
         failed = error is not None or _retryable_status(response.status)
         if isinstance(error, (UpstreamUnavailable, UpstreamTimeout)) or (
                 response is not None and failed):
-            await db(breaker.failure)(upstream.name, attempts[-1])
+            breaker.failure(upstream.name, attempts[-1])
         elif response is not None and breaker.failing(upstream.name):
-            await db(breaker.success)(upstream.name)
+            breaker.success(upstream.name)
         if failed and not last and _may_fall_back(invocation, response, error):
             if response is not None and response.raw is not None:
                 await response.raw.aclose()

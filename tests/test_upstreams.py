@@ -11,6 +11,7 @@ import time
 import pytest
 
 from openai_django import api
+from openai_django.breaker import breaker
 from openai_django.models import Call, UpstreamHealth
 from openai_django.testing import StandinServer
 
@@ -190,6 +191,7 @@ def test_circuit_breaker_opens_skips_and_closes(http, many):
     many["a"].fault(path="/v1/chat/completions", kind="status", status=502, times=3)
     for _ in range(3):
         assert chat(http, "gpt-4o").status_code == 200
+    breaker.flush()  # the shared state is written by the breaker's thread
     health = UpstreamHealth.objects.get(name="a")
     assert health.failures == 3 and health.opened_until is not None
     many["a"].clear_requests()
@@ -204,6 +206,7 @@ def test_circuit_breaker_opens_skips_and_closes(http, many):
     time.sleep(1.1)  # the cool-down
     response = chat(http, "gpt-4o")
     assert last_call(response).upstream == "a"  # half-open: tried, answered
+    breaker.flush()
     health.refresh_from_db()
     assert health.failures == 0 and health.opened_until is None
     assert health.times_opened == 1 and health.last_success_at is not None
@@ -259,3 +262,57 @@ def test_single_base_url_is_the_default_upstream(http, upstream):
     assert response.status_code == 200
     assert last_call(response).upstream == "default"
     assert last_call(response).upstream_attempts is None
+
+
+def test_admin_shows_each_upstreams_health_and_closes_a_circuit(http, many, admin_client):
+    many["a"].fault(path="/v1/chat/completions", kind="status", status=500, times=3)
+    for _ in range(3):
+        assert chat(http, "gpt-4o").status_code == 200
+    page = admin_client.get("/admin/openai_django/call/upstreams/")
+    assert page.status_code == 200
+    html = page.content.decode()
+    row_a = html.split('data-upstream="a"')[1].split("</tr>")[0]
+    row_b = html.split('data-upstream="b"')[1].split("</tr>")[0]
+    assert "open" in row_a and "HTTP 500" in row_a and "Close circuit" in row_a
+    assert "closed" in row_b and "3 after a fallback" in row_b
+    assert "sk-second" not in html and KEY_A not in html  # keys never shown
+    assert admin_client.post("/admin/openai_django/call/upstreams/",
+                             {"close": "a"}).status_code == 302
+    breaker.flush()
+    assert UpstreamHealth.objects.get(name="a").opened_until is None
+    assert last_call(chat(http, "gpt-4o")).upstream == "a"
+    fallen_back = Call.objects.filter(upstream="b").first()
+    detail = admin_client.get(f"/admin/openai_django/call/{fallen_back.pk}/change/")
+    assert "a 500 → b 200" in detail.content.decode()
+
+
+def test_a_stream_broken_before_its_first_event_goes_to_the_next_upstream(http, many):
+    many["a"].fault(path="/v1/chat/completions", kind="cut", after=0, times=1)
+    response = chat(http, "gpt-4o", stream=True)
+    lines = [line for line in response.iter_lines() if line]
+    assert lines[-1] == b"data: [DONE]"
+    call = _finished(response)
+    assert call.upstream == "b" and call.outcome == Call.Outcome.OK
+    assert [(a["upstream"], a["outcome"]) for a in call.upstream_attempts] == \
+        [("a", "unreachable"), ("b", "ok")]
+    assert "before the stream's first event" in call.upstream_attempts[0]["error"]
+    assert len(call.stream_events) == len(lines) - 1
+
+
+def test_async_streams_fall_back_before_the_first_event_only(many, user):
+    async def events(model):
+        stream = await api.acreate("createChatCompletion", model=model, messages=HELLO,
+                                   user=user, stream=True)
+        return [event async for event in stream], stream
+
+    many["a"].fault(path="/v1/chat/completions", kind="cut", after=0, times=1)
+    got, stream = asyncio.run(events("gpt-4o"))
+    assert got and got[-1]["choices"][0]["finish_reason"] == "stop"
+    call = Call.objects.get(pk=stream.call.pk)
+    assert call.upstream == "b" and call.outcome == Call.Outcome.OK
+    many["b"].clear_requests()
+    many["a"].fault(path="/v1/chat/completions", kind="cut", after=2, times=1)
+    got, stream = asyncio.run(events("gpt-4o"))
+    call = Call.objects.get(pk=stream.call.pk)
+    assert call.upstream == "a" and call.outcome == Call.Outcome.STREAM_BROKEN
+    assert not posted(many["b"])

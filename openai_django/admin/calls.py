@@ -44,6 +44,7 @@ from openai_django.admin.filters import (
 from openai_django.admin.formatting import choice_label, format_cost, format_ms, user_label
 from openai_django.admin.pagination import LookaheadPaginator
 from openai_django.admin.replay import ReplayMixin
+from openai_django.admin.upstreams import UpstreamsMixin
 from openai_django.admin.usage import UsageMixin
 from openai_django.models import Artifact, Call
 
@@ -87,7 +88,7 @@ class CallChangeList(ChangeList):
             self.result_list = complete
 
 
-class CallAdmin(ReplayMixin, UsageMixin, ExportMixin, admin.ModelAdmin):
+class CallAdmin(ReplayMixin, UsageMixin, ExportMixin, UpstreamsMixin, admin.ModelAdmin):
     """Read-only admin for the call log, with replay, compare, usage and export views."""
 
     list_display = ("created_display", "operation_display", "model_display", "user_display",
@@ -264,6 +265,7 @@ class CallAdmin(ReplayMixin, UsageMixin, ExportMixin, admin.ModelAdmin):
         extra_context = {
             **(extra_context or {}),
             "usage_url": reverse(f"{self.admin_site.name}:{self._info}_usage"),
+            "upstreams_url": reverse(f"{self.admin_site.name}:{self._info}_upstreams"),
             "export_url": reverse(f"{self.admin_site.name}:{self._info}_export"),
             "compare_report_url": reverse(f"{self.admin_site.name}:{self._info}_compare_report"),
             "query_string": request.GET.urlencode(),
@@ -320,6 +322,7 @@ class CallAdmin(ReplayMixin, UsageMixin, ExportMixin, admin.ModelAdmin):
         info = self._info
         return [
             path("usage/", wrap(self.usage_view), name=f"{info}_usage"),
+            path("upstreams/", wrap(self.upstreams_view), name=f"{info}_upstreams"),
             path("export/", wrap(self.export_view), name=f"{info}_export"),
             path("compare/", wrap(self.compare_report_view), name=f"{info}_compare_report"),
             path("<uuid:call_id>/replay/", wrap(self.replay_view), name=f"{info}_replay"),
