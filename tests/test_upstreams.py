@@ -2,7 +2,7 @@
 recorded, the circuit breaker, objects read back from the upstream that holds them.
 
 Three stand-in upstreams on loopback, each with a key of its own: ``a`` (the session's
-stand-in, the default), ``b`` and ``c`` started here.
+stand-in, the default), ``b`` and ``c`` (the ``many`` fixture, tests/fixtures/upstreams.py).
 """
 
 import asyncio
@@ -13,53 +13,11 @@ import pytest
 from openai_django import api
 from openai_django.breaker import breaker
 from openai_django.models import Call, UpstreamHealth
-from openai_django.testing import StandinServer
+from tests.fixtures.upstreams import KEY_A, KEY_B
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-KEY_A = "sk-upstream-secret-0000"
-KEY_B = "sk-second-upstream-1111"
-KEY_C = "sk-third-upstream-2222"
 HELLO = [{"role": "user", "content": "hello"}]
-
-
-@pytest.fixture(scope="module")
-def second():
-    with StandinServer(api_key=KEY_B) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def third():
-    with StandinServer(api_key=KEY_C) as server:
-        yield server
-
-
-@pytest.fixture
-def many(upstream, second, third, settings, monkeypatch):
-    """UPSTREAMS with a, b and c (b's key from the environment); fallbacks for gpt-4o."""
-    for server in (second, third):
-        server.clear_faults()
-        server.clear_requests()
-        server.configure(ttft_ms=0, gap_ms=0, events=8)
-    monkeypatch.setenv("TEST_SECOND_KEY", KEY_B)
-    settings.OPENAI_DJANGO = {
-        **settings.OPENAI_DJANGO,
-        "UPSTREAMS": {
-            "a": {"base_url": upstream.url, "api_key": KEY_A,
-                  "models": ["gpt-4o-mini", "gpt-4*", "text-embedding-*", "babbage-002"]},
-            "b": {"base_url": second.url, "api_key_env": "TEST_SECOND_KEY",
-                  "kind": "compatible", "headers": {"X-Site": "acme"},
-                  "models": [{"match": "local/*", "rename": "*"}, "llama-3"]},
-            "c": {"base_url": third.url, "api_key": KEY_C, "kind": "compatible",
-                  "models": {"gpt-4o": "gpt-4o-on-c"}},
-        },
-        "FALLBACKS": {"gpt-4o": ["a", "b", "c"], "gpt-4.1*": ["a", "c"]},
-        "CIRCUIT_BREAKER": {"threshold": 3, "cooldown": 1.0, "backend": "db", "refresh": 0},
-    }
-    yield {"a": upstream, "b": second, "c": third}
-    for server in (second, third):
-        server.clear_faults()
 
 
 def chat(http, model, **extra):
