@@ -56,3 +56,25 @@ def test_replay_against_another_model_crosses_upstreams(http, many, replayer_cli
     # The same model replayed goes where the original went.
     replayer_client.post(f"{LIST}{original.pk}/replay/", {"model": ""})
     assert {c.upstream for c in original.replays.all()} == {"a", "b"}
+
+
+@pytest.mark.parametrize("celery_broker", ["redis"], indirect=True)
+def test_a_circuit_opened_here_is_skipped_by_the_worker(celery_broker, http, many,
+                                                       celery_worker_factory, settings):
+    from openai_django.breaker import breaker
+
+    settings.OPENAI_DJANGO = {**settings.OPENAI_DJANGO, "CIRCUIT_BREAKER": {
+        "threshold": 2, "cooldown": 60.0, "backend": "db", "refresh": 0}}
+    celery_worker_factory()
+    many["a"].fault(path="/v1/chat/completions", kind="status", status=503, times=2)
+    for _ in range(2):  # in this process: a fails twice, its circuit opens (in the database)
+        assert last_call(chat(http, "gpt-4o")).upstream == "b"
+    breaker.flush()
+    many["a"].clear_requests()
+    queued = http.post(f"{http.base}/chat/completions", headers={"Prefer": "respond-async"},
+                       json={"model": "gpt-4o", "messages": HELLO})
+    call = finished(queued.json()["id"])
+    assert call.upstream == "b"
+    assert call.upstream_attempts[0] == {"upstream": "a", "model": "gpt-4o",
+                                         "outcome": "skipped", "error": "circuit open"}
+    assert not posted(many["a"])  # the worker never asked a
