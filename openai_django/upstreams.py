@@ -734,3 +734,51 @@ def describe():
             **breaker.state(name),
         })
     return rows
+
+
+def check():
+    """System checks of the upstreams' settings (``manage.py check``): E101 settings that
+    cannot be built (an unknown option, a bad URL, kind, proxy or fallback), E102 a CA bundle
+    or client certificate file that is not there, W101 an upstream without a key, W102 a
+    plain-HTTP upstream off loopback outside DEBUG."""
+    from pathlib import Path
+
+    from django.conf import settings
+    from django.core import checks
+
+    from openai_django import proxies
+
+    try:
+        cfg = _build_config()
+        for upstream in cfg.upstreams.values():
+            if upstream.proxy:
+                proxies.parse_proxy(upstream.proxy)
+    except ImproperlyConfigured as exc:
+        return [checks.Error(str(exc), id="openai_django.E101",
+                             hint="See the README, 'Many upstreams'.")]
+    errors = []
+    for upstream in cfg.upstreams.values():
+        where = ("OPENAI_DJANGO" if cfg.single else
+                 f"OPENAI_DJANGO['UPSTREAMS'][{upstream.name!r}]")
+        cert = upstream.client_cert
+        files = [upstream.ca_bundle] + (list(cert) if isinstance(cert, (list, tuple))
+                                        else [cert])
+        for path in files:
+            if path and not Path(path).exists():
+                errors.append(checks.Error(f"{where}: {path} does not exist.",
+                                           id="openai_django.E102"))
+        if cfg.single:
+            continue  # the one BASE_URL upstream: checks W002 and W003
+        if not upstream.api_key and upstream.kind != "compatible":
+            errors.append(checks.Warning(
+                f"{where} has no key: calls reach it without one.",
+                hint="Set 'api_key_env' (the name of an environment variable) or 'api_key'.",
+                id="openai_django.W101"))
+        host = upstream.base_url.split("://", 1)[-1].split("/", 1)[0].rsplit(":", 1)[0]
+        if upstream.base_url.startswith("http://") and not settings.DEBUG and \
+                host not in ("127.0.0.1", "localhost", "[::1]"):
+            errors.append(checks.Warning(
+                f"{where} uses plain HTTP outside DEBUG: prompts and its key cross the network "
+                f"unencrypted.", id="openai_django.W102",
+                hint="Use https://, or a loopback/private address you trust."))
+    return errors
