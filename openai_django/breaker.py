@@ -174,29 +174,42 @@ class Breaker:
             self._store = None
             self._seen.clear()
 
-    def refresh(self, names, force=False):
-        """Reread the shared state of ``names`` not read within ``refresh`` seconds."""
+    def stale(self, names):
+        """Those of ``names`` whose shared state was not read within ``refresh`` seconds."""
         now = time.monotonic()
         every = _options()["refresh"]
-        stale = [n for n in names if force or now - self._seen.get(n, (-1e9,))[0] >= every]
+        return [n for n in names if now - self._seen.get(n, (-1e9,))[0] >= every]
+
+    def refresh(self, names, force=False):
+        """Reread the shared state of ``names`` not read within ``refresh`` seconds."""
+        stale = list(names) if force else self.stale(names)
         if not stale:
             return
+        now = time.monotonic()
         try:
             states = self.store.read(stale)
         except Exception:
             logger.exception("Could not read the circuit breaker's state")
             return
         with self._lock:
+            behind = self._writes.unfinished_tasks > 0  # this process's writes still queued
             for name, state in states.items():
+                if behind and name in self._seen:
+                    mine = self._seen[name][1]
+                    state = dict(state, failures=max(state["failures"], mine["failures"]),
+                                 opened_until=max(state["opened_until"],
+                                                  mine["opened_until"]))
                 self._seen[name] = (now, state)
 
     def _local(self, name):
         seen = self._seen.get(name)
         return seen[1] if seen is not None else _state()
 
-    def allows(self, name):
-        """Whether a call may go to ``name`` now (closed, or half-open after its cool-down)."""
-        self.refresh([name])
+    def allows(self, name, refresh=True):
+        """Whether a call may go to ``name`` now (closed, or half-open after its cool-down);
+        ``refresh=False``: as last read (the async path reads in the database pool)."""
+        if refresh:
+            self.refresh([name])
         return self._local(name)["opened_until"] <= time.time()
 
     def failing(self, name):

@@ -55,6 +55,7 @@ def call_to_dict(call, request=None, *, full=True):
         "replay_of": str(call.replay_of_id) if call.replay_of_id else None,
         "upstream_request_id": call.upstream_request_id or None,
         "attempts": call.attempt_count,
+        "upstream": call.upstream or None,  # which upstream answered (upstreams.py)
     }
     if full:
         data.update({
@@ -68,6 +69,7 @@ def call_to_dict(call, request=None, *, full=True):
             "stream_events": call.stream_events,
             "error": call.error,
             "attempt_log": call.attempts,
+            "upstream_attempts": call.upstream_attempts,
             "metadata_only": call.metadata_only,
             "redacted": call.redacted,
             "body_purged_at": _ts(call.body_purged_at),

@@ -527,11 +527,11 @@ def _close(response):
         raw.close()
 
 
-def _candidates(hops, breaker):
+def _candidates(hops, breaker, refresh=True):
     """The hops to try: those whose circuit is closed (all of them if none is)."""
     allowed, skipped = [], []
     for hop in hops:
-        (allowed if breaker.allows(hop.upstream.name) else skipped).append(hop)
+        (allowed if breaker.allows(hop.upstream.name, refresh) else skipped).append(hop)
     if not allowed:
         return list(hops), []
     return allowed, skipped
@@ -671,9 +671,15 @@ async def asend(invocation, build):
     from openai_django.breaker import breaker
     from openai_django.threads import db
 
-    hops = await db(route)(invocation)  # may look up the holder of an object
-    await db(breaker.refresh)([h.upstream.name for h in hops])
-    tries, skipped = _candidates(hops, breaker)
+    op = invocation.operation
+    if op.model_from(invocation.body, invocation.path_kwargs) or not invocation.path_kwargs:
+        hops = route(invocation)
+    else:
+        hops = await db(route)(invocation)  # looks up the holder of an object
+    names = [h.upstream.name for h in hops]
+    if breaker.stale(names):
+        await db(breaker.refresh)(names)
+    tries, skipped = _candidates(hops, breaker, refresh=False)
     attempts = [_entry(h, 0, skipped="circuit open") for h in skipped]
     for index, hop in enumerate(tries):
         last = index == len(tries) - 1
