@@ -353,7 +353,21 @@ def route(invocation):
             if len(cfg.routes) > 10_000:  # a client sending random names: no unbounded memo
                 cfg.routes.clear()
         return hops
-    return (Hop(cfg.upstreams[_holder(cfg, invocation) or cfg.default]),)
+    holder = _holder(cfg, invocation)
+    if holder is not None:
+        return (Hop(cfg.upstreams[holder]),)
+    default = cfg.upstreams[cfg.default]
+    if op.method == "GET" and invocation.path_kwargs and len(cfg.upstreams) > 1:
+        # An object no recorded call created (a batch's output file, an object made before
+        # the gateway or around it): asked of the default, then of each other upstream while
+        # they answer 404. The one that has it is recorded, so the next read goes there.
+        return Search((Hop(default), *(Hop(u) for u in cfg.upstreams.values()
+                                       if u is not default)))
+    return (Hop(default),)
+
+
+class Search(tuple):
+    """A route whose hops are tried in turn on 404 too: looking for an object's holder."""
 
 
 def _model_route(cfg, model):
@@ -483,8 +497,10 @@ def _retryable_status(status):
     return status == 429 or status >= 500
 
 
-def _may_fall_back(invocation, response, error):
+def _may_fall_back(invocation, response, error, search=False):
     """Whether the next hop may be tried after this outcome."""
+    if search and response is not None and response.status == 404:
+        return True  # a GET looking for the holder of an object
     kind = invocation.kind
     safe = kind.repeatable(invocation.operation)
     if error is not None:
@@ -623,6 +639,7 @@ def send(invocation, build):
     from openai_django.breaker import breaker
 
     hops = route(invocation)
+    search = isinstance(hops, Search)
     tries, skipped = _candidates(hops, breaker)
     attempts = [_entry(h, 0, skipped="circuit open") for h in skipped]
     for index, hop in enumerate(tries):
@@ -644,7 +661,8 @@ def send(invocation, build):
             breaker.failure(upstream.name, attempts[-1])
         elif response is not None and breaker.failing(upstream.name):
             breaker.success(upstream.name)
-        if failed and not last and _may_fall_back(invocation, response, error):
+        failed = failed or (search and response.status == 404)
+        if failed and not last and _may_fall_back(invocation, response, error, search):
             if response is not None:
                 _close(response)
             logger.info("Upstream %s failed (%s); trying %s", upstream.name,
@@ -676,6 +694,7 @@ async def asend(invocation, build):
         hops = route(invocation)
     else:
         hops = await db(route)(invocation)  # looks up the holder of an object
+    search = isinstance(hops, Search)
     names = [h.upstream.name for h in hops]
     if breaker.stale(names):
         await db(breaker.refresh)(names)
@@ -701,7 +720,8 @@ async def asend(invocation, build):
             breaker.failure(upstream.name, attempts[-1])
         elif response is not None and breaker.failing(upstream.name):
             breaker.success(upstream.name)
-        if failed and not last and _may_fall_back(invocation, response, error):
+        failed = failed or (search and response.status == 404)
+        if failed and not last and _may_fall_back(invocation, response, error, search):
             if response is not None and response.raw is not None:
                 await response.raw.aclose()
             continue

@@ -274,3 +274,42 @@ def test_async_streams_fall_back_before_the_first_event_only(many, user):
     call = Call.objects.get(pk=stream.call.pk)
     assert call.upstream == "a" and call.outcome == Call.Outcome.STREAM_BROKEN
     assert not posted(many["b"])
+
+
+def test_an_object_no_call_created_is_looked_for_on_each_upstream(http, many):
+    """A file put on b around the gateway (as a batch's output file is made by the upstream
+    itself): a GET asks the default (404), then b; the next read goes straight to b."""
+    import requests
+
+    made = requests.post(f"{many['b'].url}/files", headers={"Authorization": f"Bearer {KEY_B}"},
+                         files={"file": ("out.jsonl", b'{"ok": true}\n')},
+                         data={"purpose": "batch"}, timeout=10)
+    file_id = made.json()["id"]
+    found = http.get(f"{http.base}/files/{file_id}")
+    assert found.status_code == 200 and found.json()["id"] == file_id
+    call = last_call(found)
+    assert call.upstream == "b"
+    assert [(a["upstream"], a["status"]) for a in call.upstream_attempts] == \
+        [("a", 404), ("b", 200)]
+    content = http.get(f"{http.base}/files/{file_id}/content")
+    assert content.content == b'{"ok": true}\n'
+    assert last_call(content).upstream == "b" and last_call(content).upstream_attempts is None
+    missing = http.get(f"{http.base}/files/file-nowhere")
+    assert missing.status_code == 404
+    assert [a["upstream"] for a in last_call(missing).upstream_attempts] == ["a", "b", "c"]
+    # Not a GET: never sent around (the default answers).
+    deleted = http.delete(f"{http.base}/files/file-nowhere")
+    assert deleted.status_code == 404 and last_call(deleted).upstream_attempts is None
+
+
+def test_fallback_on_a_timeout_with_the_upstreams_own_read_timeout(http, many, settings):
+    upstreams = dict(settings.OPENAI_DJANGO["UPSTREAMS"])
+    upstreams["a"] = {**upstreams["a"], "read_timeout": 0.3}
+    settings.OPENAI_DJANGO = {**settings.OPENAI_DJANGO, "UPSTREAMS": upstreams}
+    many["a"].fault(path="/v1/chat/completions", kind="delay", seconds=3, times=1)
+    response = chat(http, "gpt-4o")
+    assert response.status_code == 200
+    call = last_call(response)
+    assert call.upstream == "b"
+    first = call.upstream_attempts[0]
+    assert first["outcome"] == "timeout" and first["ms"] < 2500
