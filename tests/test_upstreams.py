@@ -313,3 +313,15 @@ def test_fallback_on_a_timeout_with_the_upstreams_own_read_timeout(http, many, s
     assert call.upstream == "b"
     first = call.upstream_attempts[0]
     assert first["outcome"] == "timeout" and first["ms"] < 2500
+
+
+def test_the_call_list_filters_by_upstream(http, many, admin_client):
+    many["a"].fault(path="/v1/chat/completions", kind="status", status=429, times=1)
+    fell_back = last_call(chat(http, "gpt-4o"))
+    on_b = last_call(chat(http, "local/x"))
+    on_a = last_call(chat(http, "gpt-4o-mini"))
+    page = admin_client.get("/admin/openai_django/call/?upstream=b").content.decode()
+    assert str(fell_back.pk) in page and str(on_b.pk) in page and str(on_a.pk) not in page
+    page = admin_client.get("/admin/openai_django/call/?upstream=~fallback").content.decode()
+    assert str(fell_back.pk) in page and str(on_b.pk) not in page
+    assert "after a fallback" in page

@@ -44,7 +44,7 @@ from openai_django.admin.filters import (
 from openai_django.admin.formatting import choice_label, format_cost, format_ms, user_label
 from openai_django.admin.pagination import LookaheadPaginator
 from openai_django.admin.replay import ReplayMixin
-from openai_django.admin.upstreams import UpstreamsMixin
+from openai_django.admin.upstreams import UpstreamFilter, UpstreamsMixin
 from openai_django.admin.usage import UsageMixin
 from openai_django.models import Artifact, Call
 
@@ -97,7 +97,7 @@ class CallAdmin(ReplayMixin, UsageMixin, ExportMixin, UpstreamsMixin, admin.Mode
     list_display_links = ("created_display",)
     list_select_related = ("user", "api_key")
     list_filter = (KindFilter, OperationFilter, ModelFilter, StatusFilter, UserFilter, KeyFilter,
-                   ObjectFilter, HasErrorFilter, ReplayFilter)
+                   ObjectFilter, HasErrorFilter, ReplayFilter, UpstreamFilter)
     list_per_page = 100
     list_max_show_all = 100
     show_full_result_count = False

@@ -9,7 +9,7 @@ superuser) can close an open circuit by hand (a POST, as the breaker's own succe
 
 import datetime
 
-from django.contrib import messages
+from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.db.models import Avg, Count, Q
 from django.http import HttpResponseRedirect
@@ -60,3 +60,28 @@ class UpstreamsMixin:
             gone=sorted(seen.items()),  # calls of upstreams no longer configured
             can_close=_may_close(request),
             single=upstreams.config().single))
+
+
+class UpstreamFilter(admin.SimpleListFilter):
+    """The call list by the upstream that answered (the configured ones: no query to list
+    them), and "after a fallback"."""
+
+    title = _("upstream")
+    parameter_name = "upstream"
+
+    def lookups(self, request, model_admin):
+        from openai_django import upstreams
+
+        cfg = upstreams.config()
+        if cfg.single:
+            return ()
+        return [*((name, name) for name in cfg.upstreams),
+                ("~fallback", _("after a fallback"))]
+
+    def queryset(self, request, queryset):
+        value = self.value()
+        if value == "~fallback":
+            return queryset.filter(upstream_attempts__isnull=False)
+        if value:
+            return queryset.filter(upstream=value)
+        return queryset
