@@ -20,12 +20,14 @@ import logging
 import queue
 import threading
 import time
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 
 from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import setting_changed
 
 from openai_django.conf import app_settings
+
+UTC = timezone.utc  # datetime.UTC is Python 3.11+
 
 logger = logging.getLogger("openai_django.breaker")
 

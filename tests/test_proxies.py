@@ -45,7 +45,7 @@ class PKI:
     def __init__(self, directory):
         self.directory = directory
         self.key = ec.generate_private_key(ec.SECP256R1())
-        now = datetime.datetime.now(datetime.UTC)
+        now = datetime.datetime.now(datetime.timezone.utc)
         self.cert = (x509.CertificateBuilder().subject_name(_name("proxy test CA"))
                      .issuer_name(_name("proxy test CA")).public_key(self.key.public_key())
                      .serial_number(x509.random_serial_number())
@@ -62,7 +62,7 @@ class PKI:
 
     def issue(self, label, *, names=(), ips=(), client=False):
         key = ec.generate_private_key(ec.SECP256R1())
-        now = datetime.datetime.now(datetime.UTC)
+        now = datetime.datetime.now(datetime.timezone.utc)
         usage = ExtendedKeyUsageOID.CLIENT_AUTH if client else ExtendedKeyUsageOID.SERVER_AUTH
         builder = (x509.CertificateBuilder().subject_name(_name(label))
                    .issuer_name(self.cert.subject).public_key(key.public_key())

@@ -44,6 +44,7 @@ import asyncio
 import logging
 import re
 import select
+import socket
 import ssl
 import sys
 import threading
@@ -541,29 +542,64 @@ def _proxy_and_tls(client, parts, proxy, ssl_context, ca_bundle, client_cert):
 async def open_via_proxy(pool):
     """A :class:`Connection` through ``pool.proxy``: for HTTPS a ``CONNECT`` tunnel, then TLS
     with the upstream inside it (certificate checked for the upstream's name); for HTTP the
-    connection to the proxy itself."""
+    connection to the proxy itself.
+
+    The tunnel is asked for on the bare socket, which is then handed to
+    ``asyncio.open_connection(sock=..., ssl=...)`` (no ``start_tls``: Python 3.10 has none
+    on streams). The upstream says nothing before the TLS handshake, so nothing beyond the
+    proxy's answer can have been read with it.
+    """
     proxy = pool.proxy
-    reader, writer = await asyncio.open_connection(proxy.host, proxy.port, limit=MAX_LINE)
     if pool._context is None:
+        reader, writer = await asyncio.open_connection(proxy.host, proxy.port, limit=MAX_LINE)
         return Connection(reader, writer)
+    loop = asyncio.get_running_loop()
+    sock = await _connect(loop, proxy.host, proxy.port)
     try:
         authority = f"[{pool.host}]:{pool.port}" if ":" in pool.host else \
             f"{pool.host}:{pool.port}"
         lines = [f"CONNECT {authority} HTTP/1.1", f"Host: {authority}"]
         lines += [f"{name}: {value}" for name, value in proxy.headers]
-        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
-        await writer.drain()
-        head = await reader.readuntil(b"\r\n\r\n")
+        await loop.sock_sendall(sock, ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+        head = b""
+        while b"\r\n\r\n" not in head:
+            data = await loop.sock_recv(sock, 4096)
+            if not data:
+                raise ConnectionResetError("The proxy closed the connection during CONNECT")
+            head += data
+            if len(head) > MAX_LINE:
+                raise ProtocolError("The proxy's answer to CONNECT is too long")
         status_line = head.split(b"\r\n", 1)[0].decode("latin-1")
         parts = status_line.split(" ", 2)
         if len(parts) < 2 or parts[1] != "200":
             raise OSError(f"Tunnel connection failed: {' '.join(parts[1:])[:100]}")
-        await writer.start_tls(pool._context, server_hostname=pool.host,
-                               ssl_handshake_timeout=pool.connect_timeout)
+        if not head.endswith(b"\r\n\r\n"):
+            raise ProtocolError("The proxy sent bytes after its answer to CONNECT")
+        reader, writer = await asyncio.open_connection(
+            sock=sock, ssl=pool._context, server_hostname=pool.host,
+            ssl_handshake_timeout=pool.connect_timeout, limit=MAX_LINE)
     except BaseException:
-        writer.transport.abort()
+        sock.close()
         raise
     return Connection(reader, writer)
+
+
+async def _connect(loop, host, port):
+    """A connected non-blocking TCP socket to ``host:port`` (each address in turn)."""
+    failure = None
+    for family, kind, proto, _, address in await loop.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM):
+        sock = socket.socket(family, kind, proto)
+        sock.setblocking(False)
+        try:
+            await loop.sock_connect(sock, address)
+        except OSError as exc:
+            sock.close()
+            failure = exc
+            continue
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
+    raise failure or OSError(f"cannot resolve {host}")
 
 
 # -- one client per event loop ----------------------------------------------------------------
