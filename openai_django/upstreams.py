@@ -808,3 +808,14 @@ def check():
                 f"unencrypted.", id="openai_django.W102",
                 hint="Use https://, or a loopback/private address you trust."))
     return errors
+
+
+def model_names():
+    """The exact model names the upstreams list (not patterns): choices for a replay
+    against another model."""
+    names = set()
+    for upstream in config().upstreams.values():
+        for pattern, _rename in upstream.models:
+            if not any(c in pattern for c in "*?["):
+                names.add(pattern)
+    return names

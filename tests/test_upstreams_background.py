@@ -78,3 +78,11 @@ def test_a_circuit_opened_here_is_skipped_by_the_worker(celery_broker, http, man
     assert call.upstream_attempts[0] == {"upstream": "a", "model": "gpt-4o",
                                          "outcome": "skipped", "error": "circuit open"}
     assert not posted(many["a"])  # the worker never asked a
+
+
+def test_the_replay_page_offers_the_models_the_upstreams_list(http, many, replayer_client,
+                                                              clean_cache):
+    original = last_call(chat(http, "gpt-4o-mini"))
+    page = replayer_client.get(f"{LIST}{original.pk}/replay/").content.decode()
+    assert '<option value="llama-3">' in page or 'value="llama-3"' in page
+    assert "local/*" not in page
