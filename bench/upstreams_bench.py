@@ -25,6 +25,7 @@ and cold: ten upstreams, the model's route computed afresh).
 import argparse
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -155,6 +156,7 @@ def main(argv=None):
     finally:
         fast.stop()
         refusing.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _timed_calls(openai_django, model, user, count):
