@@ -24,7 +24,7 @@ log = logging.getLogger("bench")
 
 ALL = ["latency", "responses", "throughput", "streaming", "slow_streams", "large_bodies",
        "asgi_latency", "asgi_throughput", "asgi_streaming", "databases", "celery", "admin",
-       "serving", "soak"]
+       "serving", "soak", "upstreams"]
 QUICK = ["latency", "responses", "throughput", "streaming", "slow_streams", "large_bodies",
          "asgi_latency", "asgi_throughput", "asgi_streaming"]
 ASGI_SCENARIOS = ("asgi_latency", "asgi_throughput", "asgi_streaming")
@@ -204,6 +204,15 @@ def table(results):
             x["gap_dev_p50_ms"], x["gap_dev_p99_ms"], x["gap_dev_max_ms"])
         row(title, "records succeeded", x["records_succeeded"], None,
             str(x["records"])[:120])
+    if "upstreams" in s and "single_p50_ms" in s["upstreams"]:
+        x = s["upstreams"]
+        title = "11 upstreams, Python API c=1"
+        row(title, "ten UPSTREAMS p50 (ms), vs BASE_URL; added", x["ten_p50_ms"],
+            x["single_p50_ms"], x["ten_added_p50_ms"])
+        row(title, "fallback after a 429 p50 (ms), vs BASE_URL; added", x["fallback_p50_ms"],
+            x["single_p50_ms"], x["fallback_added_p50_ms"])
+        row(title, "route CPU (us): one, ten warm, ten cold", x["route_single_us"],
+            x["route_warm_us"], x["route_cold_us"])
     if "large_bodies" in s:
         for name, x in s["large_bodies"].items():
             if not isinstance(x, dict):
@@ -402,6 +411,9 @@ def main(argv=None):
         run("databases", dbs)
         run("celery", lambda: scenarios.external(ctx, "celery_bench", sqlite,
                                                  ["--quick"] if args.quick else []))
+        # Routing among ten upstreams and a fallback, in-process (bench/upstreams_bench.py).
+        run("upstreams", lambda: scenarios.external(ctx, "upstreams_bench", sqlite,
+                                                    ["--quick"] if args.quick else []))
 
         def admin():
             seeded = scenarios.external(ctx, "seed", sqlite, ["--calls", str(args.admin_calls)])

@@ -116,12 +116,7 @@ def _addresses(host, port):
     return addresses
 
 
-def _pool(scheme, address, host, port, timeout):
-    """A one-connection pool to ``address``; over TLS the certificate is verified for ``host``,
-    which is also the SNI name (``server_hostname``), exactly as if the name were dialled."""
-    options = {"timeout": timeout, "retries": False, "maxsize": 1}
-    if scheme != "https":
-        return urllib3.HTTPConnectionPool(address, port, **options)
+def _tls_options(options):
     verify = app_settings.IMAGE_URL_VERIFY
     if verify is False:
         options["cert_reqs"] = "CERT_NONE"
@@ -129,7 +124,44 @@ def _pool(scheme, address, host, port, timeout):
         options["cert_reqs"] = "CERT_REQUIRED"
         if isinstance(verify, str):
             options["ca_certs"] = verify
-    return urllib3.HTTPSConnectionPool(address, port, server_hostname=host, **options)
+    return options
+
+
+def _pool(scheme, address, host, port, timeout):
+    """A one-connection pool to ``address``; over TLS the certificate is verified for ``host``,
+    which is also the SNI name (``server_hostname``), exactly as if the name were dialled."""
+    options = {"timeout": timeout, "retries": False, "maxsize": 1}
+    if scheme != "https":
+        return urllib3.HTTPConnectionPool(address, port, **options)
+    return urllib3.HTTPSConnectionPool(address, port, server_hostname=host,
+                                       **_tls_options(options))
+
+
+class _Proxied:
+    """:func:`_pool`'s stand-in through a forward proxy (urllib3's ``ProxyManager``): the
+    request goes to the *checked address*, ``CONNECT address:port`` for HTTPS (TLS verified
+    for ``host`` inside the tunnel, ``host`` as SNI), an absolute-form ``GET
+    http://address:port/...`` for HTTP, ``Host`` naming ``host`` in both. So the proxy
+    connects where the checks looked, and a name it would resolve otherwise (DNS
+    rebinding, a split-horizon resolver) changes nothing."""
+
+    def __init__(self, proxy, scheme, address, host, port, timeout):
+        options = {"timeout": timeout, "retries": False, "maxsize": 1}
+        if scheme == "https":
+            options = _tls_options(options)
+            options["server_hostname"] = host
+        self.manager = urllib3.ProxyManager(f"http://{proxy.host}:{proxy.port}", num_pools=1,
+                                            proxy_headers=proxy.header_dict, **options)
+        self.origin = f"{scheme}://{f'[{address}]' if ':' in address else address}:{port}"
+
+    def urlopen(self, method, target, **kwargs):
+        return self.manager.urlopen(method, self.origin + target, **kwargs)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.manager.clear()
 
 
 def _read(response, limit, deadline):
@@ -165,7 +197,9 @@ def fetch_image(url):
     ``IMAGE_URL_ALLOW_PRIVATE``), no redirects, bounded in time (``IMAGE_URL_TIMEOUT`` for the
     whole download) and size. The name is resolved once and the connection goes to the address
     that was checked (each in turn while they refuse to connect); TLS is verified against the
-    name, with the name as SNI and ``Host``.
+    name, with the name as SNI and ``Host``. Behind a forward proxy (``IMAGE_URL_PROXY``, by
+    default the environment's, ``NO_PROXY`` honoured) all of this still holds: the proxy is
+    asked to connect to the address that was checked (:class:`_Proxied`).
     """
     parts = urlsplit(url)
     if parts.scheme not in app_settings.IMAGE_URL_SCHEMES:
@@ -181,11 +215,16 @@ def fetch_image(url):
                + (f":{parts.port}" if parts.port else ""),
                "User-Agent": f"openai-django/{__version__}"}
     failure = None
+    from openai_django.proxies import proxy_for
+
+    proxy = proxy_for(url, app_settings.IMAGE_URL_PROXY)
     for address in addresses:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             break
-        with _pool(parts.scheme, address, host, port, urllib3.Timeout(remaining)) as pool:
+        timeout = urllib3.Timeout(remaining)
+        with (_pool(parts.scheme, address, host, port, timeout) if proxy is None else
+              _Proxied(proxy, parts.scheme, address, host, port, timeout)) as pool:
             try:
                 response = pool.urlopen("GET", target, headers=headers, redirect=False,
                                         retries=False, preload_content=False)

@@ -4,7 +4,8 @@ Ids: W001 unknown settings, W002 no upstream key, E001 storage alias missing, W0
 upstream outside DEBUG, W004 GZipMiddleware, W005 bodies recorded with no retention, E002 a bad
 RETENTION value, E003 a REDACT hook that cannot be imported or called, E004 a bad ARTIFACT_URLS
 value, W006 signed artifact URLs on a storage that cannot sign, W007 PostgreSQL without
-persistent connections, W008 nothing sweeps calls orphaned by a dead process.
+persistent connections, W008 nothing sweeps calls orphaned by a dead process; E101, E102,
+W101, W102 the upstreams' settings (openai_django/upstreams.py ``check``).
 """
 
 import numbers
@@ -26,7 +27,7 @@ def check_settings(app_configs, **kwargs):
             hint="Check the spelling against the settings reference in the README.",
             id="openai_django.W001",
         ))
-    if not app_settings.API_KEY:
+    if not app_settings.API_KEY and not app_settings.UPSTREAMS:
         errors.append(checks.Warning(
             "OPENAI_DJANGO['API_KEY'] is not set: calls reach the upstream without a key.",
             hint="Set it (e.g. from the OPENAI_API_KEY environment variable), unless the "
@@ -41,13 +42,16 @@ def check_settings(app_configs, **kwargs):
             id="openai_django.E001",
         ))
     base = str(app_settings.BASE_URL or "")
-    if base.startswith("http://") and not settings.DEBUG:
+    if base.startswith("http://") and not settings.DEBUG and not app_settings.UPSTREAMS:
         errors.append(checks.Warning(
             "OPENAI_DJANGO['BASE_URL'] uses plain HTTP outside DEBUG: prompts and the upstream "
             "key cross the network unencrypted.",
             hint="Use an https:// upstream, or a loopback/private address you trust.",
             id="openai_django.W003",
         ))
+    from openai_django import upstreams
+
+    errors += upstreams.check()  # E101, E102, W101, W102: UPSTREAMS, proxies, TLS files
     errors += _check_retention()
     errors += _check_redact()
     errors += _check_artifact_urls()

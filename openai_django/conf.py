@@ -25,6 +25,29 @@ DEFAULTS = {
     # checked, the call recorded, streams included), so next year's endpoints work the day
     # they ship; "off" answers 404.
     "PASSTHROUGH": "record",
+    # Proxy and TLS of the one ``BASE_URL`` upstream (each of ``UPSTREAMS`` has its own):
+    # ``PROXY`` None = HTTPS_PROXY/HTTP_PROXY/NO_PROXY from the environment, False = direct,
+    # or "http://[user:pass@]host:port"; ``CA_BUNDLE`` a PEM file of trusted CAs;
+    # ``CLIENT_CERT`` a PEM file (certificate and key) or a (certificate, key) pair.
+    "PROXY": None,
+    "CA_BUNDLE": None,
+    "CLIENT_CERT": None,
+    # Many upstreams (openai_django/upstreams.py, README "Many upstreams"): a dict of
+    # name -> {"base_url", "kind": "openai"|"azure"|"compatible", "api_key" or "api_key_env",
+    # "models": [names, fnmatch patterns or {"match": ..., "rename": ...}], "headers",
+    # timeouts, "proxy", "ca_bundle", "client_cert", Azure's "api_version"...}. None: the
+    # one upstream of BASE_URL/API_KEY above.
+    "UPSTREAMS": None,
+    # The upstream of calls whose model no upstream lists, and of calls without a model
+    # (files, batches...) about no object an upstream holds. None: the first one listed.
+    "DEFAULT_UPSTREAM": None,
+    # Ordered fallbacks per model (names or fnmatch patterns): {"gpt-4o": ["azure", "openai"]}.
+    # On a connection error, a timeout, 429 or 5xx the call goes on to the next upstream.
+    "FALLBACKS": {},
+    # Per upstream: open after ``threshold`` failures in a row, skipped for ``cooldown``
+    # seconds; ``backend`` "redis", "db" or None (Redis when a Redis URL is known, as for
+    # CONCURRENCY); each process rereads the shared state at most every ``refresh`` seconds.
+    "CIRCUIT_BREAKER": {"threshold": 5, "cooldown": 30.0, "backend": None, "refresh": 1.0},
     # Seconds. ``READ_TIMEOUT`` bounds the wait for the first byte and between stream events.
     "CONNECT_TIMEOUT": 10.0,
     "READ_TIMEOUT": 600.0,
@@ -76,6 +99,9 @@ DEFAULTS = {
     # ``True``, ``False`` or a CA bundle path, as for ``requests``' ``verify``.
     "IMAGE_URL_VERIFY": True,
     "IMAGE_URL_TIMEOUT": 30.0,
+    # The image fetcher's proxy: None = the environment's (NO_PROXY honoured), False = direct,
+    # or a proxy URL. Through a proxy the address checks still hold: see README "Proxies".
+    "IMAGE_URL_PROXY": None,
     "IMAGE_URL_MAX_BYTES": 20 * MB,
     # Whether calls are recorded at all. ``False`` skips every write of a call (no row, no
     # artifacts; ``X-Call-Id`` still carries a fresh id that matches no row): the benchmark's

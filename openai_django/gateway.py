@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import orjson
 from django.db import IntegrityError, connections
 
-from openai_django import policy, recorder
+from openai_django import policy, recorder, upstreams
 from openai_django.conf import app_settings
 from openai_django.errors import (
     Conflict,
@@ -32,7 +32,7 @@ from openai_django.errors import (
 from openai_django.invocation import Invocation  # noqa: F401 (the gateway's input, re-exported)
 from openai_django.models import Artifact, Call
 from openai_django.sse import SSEParser, encode
-from openai_django.upstream import get_client, iter_stream
+from openai_django.upstream import iter_stream
 
 logger = logging.getLogger("openai_django.gateway")
 
@@ -181,9 +181,9 @@ def _request(invocation):
 
 
 def send(invocation):
-    """Ask the upstream (raises ``UpstreamUnavailable``/``UpstreamTimeout``)."""
-    args, kwargs = _request(invocation)
-    return get_client().send(*args, **kwargs)
+    """Ask the upstream the call is routed to, falling back along its route (raises
+    ``UpstreamUnavailable``/``UpstreamTimeout``); openai_django/upstreams.py."""
+    return upstreams.send(invocation, _request)
 
 
 def perform(invocation, call=None, *, retry=None):
@@ -204,6 +204,7 @@ def perform(invocation, call=None, *, retry=None):
         response, error = send(invocation), None
     except Exception as exc:
         response, error = None, exc
+    upstreams.note(call, response if error is None else error)
     outcome = None
     if retry is not None:
         verdict, outcome = retry(response, error)
@@ -409,10 +410,7 @@ class StreamRelay:
 
 async def asend(invocation):
     """:func:`send` with the async client."""
-    from openai_django.transport import get_async_client
-
-    args, kwargs = _request(invocation)
-    return await get_async_client().send(*args, **kwargs)
+    return await upstreams.asend(invocation, _request)
 
 
 async def arun(invocation):
@@ -433,6 +431,7 @@ async def aperform(invocation, call):
     call.kind = invocation.kind
     try:
         response = await asend(invocation)
+        upstreams.note(call, response)
     except asyncio.CancelledError:
         # The client hung up while the upstream was still to answer: the request to it is
         # closed with the cancelled read, and the record says so.
@@ -440,6 +439,7 @@ async def aperform(invocation, call):
             call, None, started=invocation.started, outcome=Call.Outcome.CLIENT_DISCONNECTED))
         raise
     except Exception as exc:
+        upstreams.note(call, exc)
         await db(recorder.fail)(call, exc, started=invocation.started)
         if isinstance(exc, OpenAIDjangoError):
             exc.call = call

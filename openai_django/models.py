@@ -251,6 +251,14 @@ class Call(models.Model):
         help_text=_("host:pid:start of the web process serving a sync or stream call, so a "
                     "call orphaned by a crashed process is found and finished."))
     callback = models.CharField(_("callback task"), max_length=200, blank=True)
+    # Many upstreams (openai_django/upstreams.py): which one answered, and every attempt
+    # when a fallback was taken ([{"upstream", "model", "status"|"error", "outcome", "ms"}]).
+    upstream = models.CharField(_("upstream"), max_length=64, blank=True,
+                                help_text=_("The configured upstream whose answer this is."))
+    upstream_attempts = models.JSONField(
+        _("upstream attempts"), null=True, blank=True,
+        help_text=_("Each upstream tried, in order, when the first did not answer (fallbacks); "
+                    "empty when the first one did."))
 
     target_type = models.ForeignKey(
         ContentType, null=True, blank=True, on_delete=models.CASCADE,
@@ -482,3 +490,23 @@ class CallFeedback(models.Model):
 
     def __str__(self):
         return f"{self.score:+g}"
+
+
+class UpstreamHealth(models.Model):
+    """The circuit breaker's shared state of one upstream (``CIRCUIT_BREAKER`` backend "db";
+    with Redis the same fields live in a Redis hash)."""
+
+    name = models.CharField(_("upstream"), max_length=64, primary_key=True)
+    failures = models.PositiveIntegerField(_("failures in a row"), default=0)
+    opened_until = models.DateTimeField(_("open until"), null=True, blank=True)
+    times_opened = models.PositiveIntegerField(_("times opened"), default=0)
+    last_error = models.CharField(_("last error"), max_length=300, blank=True)
+    last_failure_at = models.DateTimeField(_("last failure"), null=True, blank=True)
+    last_success_at = models.DateTimeField(_("last success"), null=True, blank=True)
+
+    class Meta:
+        verbose_name = _("upstream health")
+        verbose_name_plural = _("upstream health")
+
+    def __str__(self):
+        return self.name

@@ -33,7 +33,7 @@ FINISH_FIELDS = (
     "upstream_request_id", "object_id", "links", "error", "prompt_tokens", "completion_tokens",
     "total_tokens", "cached_tokens", "reasoning_tokens", "cost_usd", "latency_ms",
     "upstream_latency_ms", "first_byte_ms", "attempts", "attempt_count", "redacted",
-    "payload", "started_at", "stream",
+    "payload", "started_at", "stream", "upstream", "upstream_attempts",
 )
 
 

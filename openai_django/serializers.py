@@ -58,6 +58,7 @@ def call_to_dict(call, request=None, *, full=True):
         "tags": list(call.tags or ()),
         "metadata": call.metadata,
         "session": call.session or None,
+        "upstream": call.upstream or None,  # which upstream answered (upstreams.py)
     }
     if full:
         from openai_django.tagging import feedback_of, feedback_to_dict
@@ -74,6 +75,7 @@ def call_to_dict(call, request=None, *, full=True):
             "stream_events": call.stream_events,
             "error": call.error,
             "attempt_log": call.attempts,
+            "upstream_attempts": call.upstream_attempts,
             "metadata_only": call.metadata_only,
             "redacted": call.redacted,
             "body_purged_at": _ts(call.body_purged_at),

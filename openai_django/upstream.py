@@ -61,14 +61,18 @@ class ConnectionPool:
     that is already gone.
     """
 
-    def __init__(self, scheme, host, port, *, connect_timeout, read_timeout, maxsize):
+    def __init__(self, scheme, host, port, *, connect_timeout, read_timeout, maxsize,
+                 proxy=None, ssl_context=None):
         self.scheme, self.host, self.port = scheme, host, port
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self.maxsize = maxsize
+        self.proxy = proxy  # a proxies.Proxy: connections go through it
         self._idle = []
         self._lock = threading.Lock()
-        self._context = ssl.create_default_context() if scheme == "https" else None
+        self._context = None
+        if scheme == "https":
+            self._context = ssl_context or ssl.create_default_context()
 
     def get(self):
         """``(connection, reused)``: an idle connection still open, else a new one."""
@@ -82,16 +86,32 @@ class ConnectionPool:
             conn.close()
 
     def _new(self):
-        if self.scheme == "https":
+        if self.proxy is not None:
+            conn = self._new_via_proxy()
+        elif self.scheme == "https":
             conn = http.client.HTTPSConnection(self.host, self.port, timeout=self.connect_timeout,
                                                context=self._context)
         else:
             conn = http.client.HTTPConnection(self.host, self.port,
                                               timeout=self.connect_timeout)
-        conn.connect()
+        conn.connect()  # through a proxy: the CONNECT tunnel, then TLS with the upstream
         conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         conn.sock.settimeout(self.read_timeout)
         return conn
+
+    def _new_via_proxy(self):
+        """A connection through the proxy: HTTPS in a ``CONNECT`` tunnel (http.client's
+        ``set_tunnel``; TLS with the upstream inside it, its certificate checked for the
+        upstream's name), plain HTTP to the proxy itself (requests in absolute form, see
+        :meth:`UpstreamClient.target`)."""
+        proxy = self.proxy
+        if self.scheme == "https":
+            conn = http.client.HTTPSConnection(proxy.host, proxy.port,
+                                               timeout=self.connect_timeout,
+                                               context=self._context)
+            conn.set_tunnel(self.host, self.port, headers=proxy.header_dict)
+            return conn
+        return http.client.HTTPConnection(proxy.host, proxy.port, timeout=self.connect_timeout)
 
     def put(self, conn):
         """Return a connection whose response was read to its end (or close it)."""
@@ -150,10 +170,11 @@ class StreamHandle:
             conn.close()
 
 
-def request_headers(headers, *, content_type, key, organization):
+def request_headers(headers, *, content_type, key, organization, key_header=None, extra=None):
     """The headers of an upstream request (the sync and async clients send the same): the
     client's forwarded ones, one ``User-Agent`` naming the client's agent and this package,
-    the upstream key, the default organization, the body's type."""
+    the upstream key (``Authorization: Bearer``, or as ``key_header``: Azure's ``api-key``),
+    the default organization, the upstream's own ``extra`` headers, the body's type."""
     out = {}
     agent = USER_AGENT
     for name, value in (headers or {}).items():
@@ -162,8 +183,13 @@ def request_headers(headers, *, content_type, key, organization):
         else:
             out[name] = value
     out["User-Agent"] = agent
+    if extra:
+        out.update(extra)
     if key:
-        out["Authorization"] = f"Bearer {key}"
+        if key_header:
+            out[key_header] = key
+        else:
+            out["Authorization"] = f"Bearer {key}"
     if organization and "openai-organization" not in {k.lower() for k in out}:
         out["OpenAI-Organization"] = organization
     if content_type:
@@ -181,18 +207,31 @@ def _header_dict(response):
 
 class UpstreamClient:
     def __init__(self, base_url, api_key, *, organization=None, connect_timeout=10.0,
-                 read_timeout=600.0, pool_size=64, admin_api_key=None):
+                 read_timeout=600.0, pool_size=64, admin_api_key=None, proxy=None,
+                 ca_bundle=None, client_cert=None, headers=None, key_header=None):
+        from openai_django import proxies
+
         self.base_url = base_url.rstrip("/")
         parts = urlsplit(self.base_url)
         self.base_path = parts.path.rstrip("/")
         self.api_key = api_key
         self.admin_api_key = admin_api_key
         self.organization = organization
+        self.extra_headers = dict(headers or {})
+        self.key_header = key_header
         scheme = parts.scheme or "http"
         port = parts.port or (443 if scheme == "https" else 80)
+        # The proxy is chosen once, when the client is built (settings or the environment).
+        self.proxy = proxies.proxy_for(self.base_url, proxy)
+        if self.proxy is not None and scheme == "http":
+            # Plain HTTP through a proxy: absolute-form targets, the proxy's credentials in
+            # every request (a CONNECT tunnel carries them once, for HTTPS).
+            self.base_path = f"{scheme}://{parts.netloc.rsplit('@', 1)[-1]}{self.base_path}"
+            self.extra_headers.update(self.proxy.header_dict)
         self.pool = ConnectionPool(scheme, parts.hostname, port,
                                    connect_timeout=connect_timeout, read_timeout=read_timeout,
-                                   maxsize=pool_size)
+                                   maxsize=pool_size, proxy=self.proxy,
+                                   ssl_context=proxies.ssl_context(ca_bundle, client_cert))
 
     def url(self, path, query=""):
         url = self.base_url + path
@@ -205,7 +244,8 @@ class UpstreamClient:
     def _headers(self, headers, content_type, admin=False):
         return request_headers(headers, content_type=content_type,
                                key=self.admin_api_key if admin else self.api_key,
-                               organization=self.organization)
+                               organization=self.organization, key_header=self.key_header,
+                               extra=self.extra_headers)
 
     def send(self, method, path, *, query="", headers=None, body=None, content_type=None,
              stream=False, admin=False):
@@ -254,10 +294,10 @@ class UpstreamClient:
         for attempt in (1, 2):
             try:
                 conn, reused = self.pool.get()
-            except OSError as exc:  # TimeoutError included
+            except (OSError, http.client.HTTPException) as exc:  # TimeoutError included
                 if attempt == 1:
                     continue
-                raise _failure(exc) from exc
+                raise _failure(exc, sent=False) from exc
             try:
                 conn.request(method, target, body=body, headers=headers)
             except (BrokenPipeError, ConnectionResetError) as exc:
@@ -280,12 +320,17 @@ def _reason(exc):
     return str(exc) or type(exc).__name__
 
 
-def _failure(exc):
-    """The gateway error for a request that failed on its way to or from the upstream."""
+def _failure(exc, sent=True):
+    """The gateway error for a request that failed on its way to or from the upstream;
+    ``sent=False``: no connection was made, so the upstream cannot have acted on it (a
+    fallback may send it elsewhere whatever the operation)."""
     if isinstance(exc, TimeoutError):
-        return UpstreamTimeout(
+        error = UpstreamTimeout(
             f"The upstream API did not answer within the timeout: {_reason(exc)}")
-    return UpstreamUnavailable(f"The upstream API could not be reached: {_reason(exc)}")
+    else:
+        error = UpstreamUnavailable(f"The upstream API could not be reached: {_reason(exc)}")
+    error.unsent = not sent
+    return error
 
 
 def client_options():
@@ -294,7 +339,8 @@ def client_options():
             "organization": app_settings.ORGANIZATION,
             "connect_timeout": app_settings.CONNECT_TIMEOUT,
             "read_timeout": app_settings.READ_TIMEOUT, "pool_size": app_settings.POOL_SIZE,
-            "admin_api_key": app_settings.ADMIN_API_KEY}
+            "admin_api_key": app_settings.ADMIN_API_KEY, "proxy": app_settings.PROXY,
+            "ca_bundle": app_settings.CA_BUNDLE, "client_cert": app_settings.CLIENT_CERT}
 
 
 def get_client():

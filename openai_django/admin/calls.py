@@ -45,6 +45,7 @@ from openai_django.admin.formatting import choice_label, format_cost, format_ms,
 from openai_django.admin.pagination import LookaheadPaginator
 from openai_django.admin.replay import ReplayMixin
 from openai_django.admin.tagging import FeedbackFilter, SessionFilter, TagFilter, TaggingMixin
+from openai_django.admin.upstreams import UpstreamFilter, UpstreamsMixin
 from openai_django.admin.usage import UsageMixin
 from openai_django.models import Artifact, Call
 
@@ -89,7 +90,8 @@ class CallChangeList(ChangeList):
             self.result_list = complete
 
 
-class CallAdmin(TaggingMixin, ReplayMixin, UsageMixin, ExportMixin, admin.ModelAdmin):
+class CallAdmin(TaggingMixin, ReplayMixin, UsageMixin, ExportMixin, UpstreamsMixin,
+               admin.ModelAdmin):
     """Read-only admin for the call log, with replay, compare, usage and export views."""
 
     list_display = ("created_display", "operation_display", "model_display", "user_display",
@@ -100,7 +102,7 @@ class CallAdmin(TaggingMixin, ReplayMixin, UsageMixin, ExportMixin, admin.ModelA
     list_select_related = ("user", "api_key")
     list_filter = (KindFilter, OperationFilter, ModelFilter, StatusFilter, UserFilter, KeyFilter,
                    ObjectFilter, HasErrorFilter, ReplayFilter, TagFilter, SessionFilter,
-                   FeedbackFilter)
+                   FeedbackFilter, UpstreamFilter)
     list_per_page = 100
     list_max_show_all = 100
     show_full_result_count = False
@@ -268,6 +270,7 @@ class CallAdmin(TaggingMixin, ReplayMixin, UsageMixin, ExportMixin, admin.ModelA
         extra_context = {
             **(extra_context or {}),
             "usage_url": reverse(f"{self.admin_site.name}:{self._info}_usage"),
+            "upstreams_url": reverse(f"{self.admin_site.name}:{self._info}_upstreams"),
             "export_url": reverse(f"{self.admin_site.name}:{self._info}_export"),
             "compare_report_url": reverse(f"{self.admin_site.name}:{self._info}_compare_report"),
             "query_string": request.GET.urlencode(),
@@ -325,6 +328,7 @@ class CallAdmin(TaggingMixin, ReplayMixin, UsageMixin, ExportMixin, admin.ModelA
         return [
             *self.tagging_urls(),
             path("usage/", wrap(self.usage_view), name=f"{info}_usage"),
+            path("upstreams/", wrap(self.upstreams_view), name=f"{info}_upstreams"),
             path("export/", wrap(self.export_view), name=f"{info}_export"),
             path("compare/", wrap(self.compare_report_view), name=f"{info}_compare_report"),
             path("<uuid:call_id>/replay/", wrap(self.replay_view), name=f"{info}_replay"),

@@ -215,10 +215,12 @@ class ReplayMixin:
         return reverse(self.url_name("change"), args=[call.pk])
 
     def known_models(self):
+        from openai_django import upstreams
         from openai_django.pricing import price_table
 
         names = set(known_models())
         names.update(p for p in price_table() if not p.endswith("*"))
+        names.update(upstreams.model_names())  # what UPSTREAMS serve by name
         return sorted(n for n in names if n)
 
     # -- bulk ----------------------------------------------------------------------------

@@ -44,6 +44,7 @@ import asyncio
 import logging
 import re
 import select
+import socket
 import ssl
 import sys
 import threading
@@ -122,8 +123,9 @@ class AsyncConnectionPool:
     """
 
     def __init__(self, scheme, host, port, *, connect_timeout, read_timeout, maxsize,
-                 ssl_context=None):
+                 ssl_context=None, proxy=None):
         self.scheme, self.host, self.port = scheme, host, port
+        self.proxy = proxy  # a proxies.Proxy: connections go through it (open_via_proxy)
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self.maxsize = maxsize
@@ -144,6 +146,10 @@ class AsyncConnectionPool:
         return await self._new(), False
 
     async def _new(self):
+        if self.proxy is not None:
+            conn = await _timed(open_via_proxy(self), self.connect_timeout)
+            self.opened += 1
+            return conn
         kwargs = {"limit": MAX_LINE}
         if self._context is not None:
             kwargs.update(ssl=self._context, server_hostname=self.host,
@@ -236,7 +242,9 @@ class AsyncUpstreamClient:
     """``await client.send(...)``: the sync client's :meth:`~UpstreamClient.send`, async."""
 
     def __init__(self, base_url, api_key, *, organization=None, connect_timeout=10.0,
-                 read_timeout=600.0, pool_size=64, admin_api_key=None, ssl_context=None):
+                 read_timeout=600.0, pool_size=64, admin_api_key=None, ssl_context=None,
+                 proxy=None, ca_bundle=None, client_cert=None, headers=None,
+                 key_header=None):
         self.base_url = base_url.rstrip("/")
         parts = urlsplit(self.base_url)
         self.base_path = parts.path.rstrip("/")
@@ -249,9 +257,12 @@ class AsyncUpstreamClient:
         default_port = 443 if scheme == "https" else 80
         host_header = f"[{host}]" if ":" in host else host
         self.host_header = host_header if port == default_port else f"{host_header}:{port}"
+        self.extra_headers, self.key_header = dict(headers or {}), key_header
+        proxy, ssl_context = _proxy_and_tls(self, parts, proxy, ssl_context, ca_bundle,
+                                            client_cert)
         self.pool = AsyncConnectionPool(scheme, host, port, connect_timeout=connect_timeout,
                                         read_timeout=read_timeout, maxsize=pool_size,
-                                        ssl_context=ssl_context)
+                                        ssl_context=ssl_context, proxy=proxy)
 
     def target(self, path, query=""):
         target = self.base_path + path
@@ -260,7 +271,8 @@ class AsyncUpstreamClient:
     def _head(self, method, target, headers, content_type, admin, body):
         out = request_headers(headers, content_type=content_type,
                               key=self.admin_api_key if admin else self.api_key,
-                              organization=self.organization)
+                              organization=self.organization, key_header=self.key_header,
+                              extra=self.extra_headers)
         names = {k.lower() for k in out}
         if _BAD_TARGET(target) or not method.isalpha():
             raise ValueError(f"invalid request line: {method!r} {target!r}")
@@ -334,10 +346,10 @@ class AsyncUpstreamClient:
         for attempt in (1, 2):
             try:
                 conn, reused = await self.pool.get()
-            except (OSError, *_TIMEOUTS) as exc:
+            except (OSError, ProtocolError, *_TIMEOUTS) as exc:
                 if attempt == 1:
                     continue
-                raise _failure(exc) from exc
+                raise _failure(exc, sent=False) from exc
             try:
                 conn.writer.write(request)
                 if body is not None:
@@ -496,13 +508,98 @@ def _reason(exc):
     return str(exc) or type(exc).__name__
 
 
-def _failure(exc):
+def _failure(exc, sent=True):
     """The gateway error for a request that failed on its way to or from the upstream (the
-    sync client's messages)."""
+    sync client's messages; ``sent=False``: no connection was made)."""
     if isinstance(exc, _TIMEOUTS):
-        return UpstreamTimeout(
+        error = UpstreamTimeout(
             f"The upstream API did not answer within the timeout: {_reason(exc)}")
-    return UpstreamUnavailable(f"The upstream API could not be reached: {_reason(exc)}")
+    else:
+        error = UpstreamUnavailable(f"The upstream API could not be reached: {_reason(exc)}")
+    error.unsent = not sent
+    return error
+
+
+# -- proxies and TLS options (openai_django/proxies.py) ---------------------------------------
+#
+# Apart from the hot path: a client without a proxy never comes here once it is built.
+
+
+def _proxy_and_tls(client, parts, proxy, ssl_context, ca_bundle, client_cert):
+    """``(Proxy or None, ssl context or None)`` for a client being built; plain HTTP through
+    a proxy turns its targets into absolute form and adds the proxy's credentials."""
+    from openai_django import proxies
+
+    if ssl_context is None:
+        ssl_context = proxies.ssl_context(ca_bundle, client_cert)
+    proxy = proxies.proxy_for(client.base_url, proxy)
+    if proxy is not None and (parts.scheme or "http") == "http":
+        client.base_path = f"http://{parts.netloc.rsplit('@', 1)[-1]}{client.base_path}"
+        client.extra_headers.update(proxy.header_dict)
+    return proxy, ssl_context
+
+
+async def open_via_proxy(pool):
+    """A :class:`Connection` through ``pool.proxy``: for HTTPS a ``CONNECT`` tunnel, then TLS
+    with the upstream inside it (certificate checked for the upstream's name); for HTTP the
+    connection to the proxy itself.
+
+    The tunnel is asked for on the bare socket, which is then handed to
+    ``asyncio.open_connection(sock=..., ssl=...)`` (no ``start_tls``: Python 3.10 has none
+    on streams). The upstream says nothing before the TLS handshake, so nothing beyond the
+    proxy's answer can have been read with it.
+    """
+    proxy = pool.proxy
+    if pool._context is None:
+        reader, writer = await asyncio.open_connection(proxy.host, proxy.port, limit=MAX_LINE)
+        return Connection(reader, writer)
+    loop = asyncio.get_running_loop()
+    sock = await _connect(loop, proxy.host, proxy.port)
+    try:
+        authority = f"[{pool.host}]:{pool.port}" if ":" in pool.host else \
+            f"{pool.host}:{pool.port}"
+        lines = [f"CONNECT {authority} HTTP/1.1", f"Host: {authority}"]
+        lines += [f"{name}: {value}" for name, value in proxy.headers]
+        await loop.sock_sendall(sock, ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+        head = b""
+        while b"\r\n\r\n" not in head:
+            data = await loop.sock_recv(sock, 4096)
+            if not data:
+                raise ConnectionResetError("The proxy closed the connection during CONNECT")
+            head += data
+            if len(head) > MAX_LINE:
+                raise ProtocolError("The proxy's answer to CONNECT is too long")
+        status_line = head.split(b"\r\n", 1)[0].decode("latin-1")
+        parts = status_line.split(" ", 2)
+        if len(parts) < 2 or parts[1] != "200":
+            raise OSError(f"Tunnel connection failed: {' '.join(parts[1:])[:100]}")
+        if not head.endswith(b"\r\n\r\n"):
+            raise ProtocolError("The proxy sent bytes after its answer to CONNECT")
+        reader, writer = await asyncio.open_connection(
+            sock=sock, ssl=pool._context, server_hostname=pool.host,
+            ssl_handshake_timeout=pool.connect_timeout, limit=MAX_LINE)
+    except BaseException:
+        sock.close()
+        raise
+    return Connection(reader, writer)
+
+
+async def _connect(loop, host, port):
+    """A connected non-blocking TCP socket to ``host:port`` (each address in turn)."""
+    failure = None
+    for family, kind, proto, _, address in await loop.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM):
+        sock = socket.socket(family, kind, proto)
+        sock.setblocking(False)
+        try:
+            await loop.sock_connect(sock, address)
+        except OSError as exc:
+            sock.close()
+            failure = exc
+            continue
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
+    raise failure or OSError(f"cannot resolve {host}")
 
 
 # -- one client per event loop ----------------------------------------------------------------
