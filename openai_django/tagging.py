@@ -274,6 +274,34 @@ def _with_tag_rows_sql(connection, call_sql, count):
 SQLITE_TRIGGER = "od_call_tag_rows"  # migration 0009
 
 
+def sqlite_trigger_sql(call_meta, tag_meta, quote):
+    """The ``CREATE TRIGGER`` of a call's tag rows, for these models' tables and columns."""
+    tags, pk, created = (quote(call_meta.get_field(n).column) for n in ("tags", "id", "created"))
+    columns = ", ".join(quote(tag_meta.get_field(n).column) for n in ("call", "tag", "created"))
+    return (f"CREATE TRIGGER IF NOT EXISTS {SQLITE_TRIGGER} AFTER INSERT ON "
+            f"{quote(call_meta.db_table)} "
+            f"WHEN NEW.{tags} IS NOT NULL AND NEW.{tags} <> '[]' BEGIN "
+            f"INSERT INTO {quote(tag_meta.db_table)} ({columns}) "
+            f"SELECT NEW.{pk}, value, NEW.{created} FROM json_each(NEW.{tags}); END")
+
+
+def ensure_sqlite_trigger(sender=None, using="default", **kwargs):
+    """``post_migrate``: puts the trigger back after any migration. SQLite cannot alter most
+    columns in place, so Django rebuilds the call table for a later migration's new field
+    (0010's ``upstream_attempts`` did), and a rebuilt table has lost its triggers."""
+    from openai_django.models import Call, CallTag
+
+    connection = connections[using]
+    if connection.vendor != "sqlite":
+        return
+    tables = set(connection.introspection.table_names())
+    if not {Call._meta.db_table, CallTag._meta.db_table} <= tables:
+        return  # migrated back before the tag rows
+    with connection.cursor() as cursor:
+        cursor.execute(sqlite_trigger_sql(Call._meta, CallTag._meta, connection.ops.quote_name))
+    connection.od_tag_trigger = True
+
+
 def _sqlite_trigger(connection):
     """Whether this SQLite database has the trigger that writes a call's tag rows (looked up
     once per connection)."""
