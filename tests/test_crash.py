@@ -250,7 +250,7 @@ def test_a_surviving_worker_sweeps_the_call_of_a_killed_one(kind, gateway_site,
     sweepers = [line for line in server.log_lines("Orphaned calls swept by web process")]
     print(f"\n[{kind}] worker {holder} of 2 killed (master stopped): swept {took:.2f} s after "
           f"the kill (SWEEP_INTERVAL {interval} s) by {sweepers}; {len(statuses)} requests "
-          f"meanwhile, statuses {sorted(set(statuses))}")
+          f"meanwhile, statuses {sorted(set(map(str, statuses)))}")
     assert set(statuses) <= {200, "reset"} and statuses.count(200) >= len(statuses) - 2
     assert len(sweepers) == 1 and f"pid={survivor} " in sweepers[0]
     _assert_lost(swept, site.call(stream.call_id)["stream_events"])
