@@ -563,7 +563,7 @@ def compare_throughput(ctx, gateways):
                for label, g in gateways.items()]
     targets.append(("direct", ctx.upstream.url + "/chat/completions", direct_script, None))
     figures, out = _saturate(p, targets)
-    for label in ("asgi", "asgi_django"):
+    for label in ("asgi", "asgi_plain", "asgi_django"):
         if label in figures and "wsgi" in figures:
             out[f"{label}_vs_wsgi"] = _median([a.rps / b.rps for a, b in
                                                zip(figures[label], figures["wsgi"]) if b.rps])
@@ -761,6 +761,8 @@ def soak(ctx, gateway, db, sp):
                               if rss_plateau else None),
         "fds_idle": idle["fds"], "fds_peak": max((x[2] for x in samples), default=None),
         "fd_limit_soft": soft, "fd_limit_hard": hard,
+        # Two sockets a stream (the client's and the upstream's) and the idle process's own.
+        "fds_needed": 2 * sp.streams + idle["fds"],
         "cpu_cores_plateau": (round((in_plateau[-1][3] - in_plateau[0][3]) / plateau_s, 3)
                               if plateau_s else None),
         "upstream_cpu_cores_plateau": (round((in_plateau[-1][4] - in_plateau[0][4])

@@ -269,6 +269,9 @@ class GatewayASGI:
                                                    b'error.", "type": "server_error", '
                                                    b'"param": null, "code": null}}',
                                                    content_type="application/json")
+            # As Django's get_response: the request's uploaded files are closed (temporary
+            # files deleted) with the response.
+            response._resource_closers.append(request.close)
             if isinstance(response, FileResponse):
                 response.block_size = handler.chunk_size
             try:

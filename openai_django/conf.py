@@ -131,8 +131,8 @@ DEFAULTS = {
     "STREAM_CHECKPOINT_SECONDS": 2.0,
     # Checkpoint writes per second per process at most: with more open streams than that
     # many per interval, each stream is saved every (open streams / budget) seconds instead
-    # (10,000 streams: every 40 s), so the saves never crowd out the relaying. None: no cap.
-    "STREAM_CHECKPOINT_BUDGET": 250,
+    # (2,000 streams: every 20 s), so the saves never crowd out the relaying. None: no cap.
+    "STREAM_CHECKPOINT_BUDGET": 100,
     # Cap on concurrent upstream calls made by tasks: {"*": N, "model-name": M}; empty = none.
     "CONCURRENCY": {},
     # Where the caps' leases live: "redis", "db" (a lease table), or None: Redis when a Redis
