@@ -265,7 +265,8 @@ def test_django_serves_v1_when_the_lean_path_is_off(lean_site, serve, asgi_upstr
         _paced_chat(lean_site, server, asgi_upstream, f"uvicorn-{case}")
     if case == "unknown-middleware":
         status, headers, _ = post(server, "/v1/chat/completions", lean_site.headers, CHAT)
-        assert status == 200 and headers.get("X-Site-Middleware") == "ran"
+        lower = {k.lower(): v for k, v in headers.items()}
+        assert status == 200 and lower.get("x-site-middleware") == "ran", headers
         log = server.log_tail(20_000)
         assert "lean ASGI entry is off" in log and "StampMiddleware" in log, log
 
