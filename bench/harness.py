@@ -455,7 +455,17 @@ class Harness:
     # -- gateways -------------------------------------------------------------------------
 
     def start_gateway(self, db, *, server="granian-wsgi", workers=2, threads=8, record=True,
-                      name=None, env=None):
+                      name=None, env=None, stack=None):
+        """``stack``: "plain" or "auto", uvicorn's loop and HTTP parser for this gateway
+        (default: ``UVICORN_STACK``)."""
+        global UVICORN_STACK
+        if stack is not None:
+            saved, UVICORN_STACK = UVICORN_STACK, stack
+            try:
+                return self.start_gateway(db, server=server, workers=workers, threads=threads,
+                                          record=record, name=name, env=env)
+            finally:
+                UVICORN_STACK = saved
         listener = tcp_listener() if server == "uvicorn" else None
         port = listener.getsockname()[1] if listener else free_port()
         name = name or f"{server}-{db.kind}-{'rec' if record else 'norec'}-{port}"
@@ -467,6 +477,8 @@ class Harness:
                          listener=listener)
         gateway.extra = {"server": server, "workers": workers, "threads": threads,
                          "record": record, "db": db.kind}
+        if server == "uvicorn":
+            gateway.extra["loop"], gateway.extra["http"] = uvicorn_stack()
         gateway.start(self.workdir)
         self.servers.append(gateway)
         log.info("gateway %s at %s", name, gateway.url)

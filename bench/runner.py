@@ -132,7 +132,7 @@ def fmt(value):
 def SIDES(figures):
     """The gateways of an ASGI-vs-WSGI scenario's figures: wsgi, asgi (the lean entry) and,
     with ``--asgi-django``, asgi_django (Django's handler)."""
-    return [s for s in ("wsgi", "asgi", "asgi_django") if f"{s}_errors" in figures
+    return [s for s in ("wsgi", "asgi", "asgi_plain", "asgi_django") if f"{s}_errors" in figures
             or f"{s}_rps" in figures or f"{s}_ttfe_p50_ms" in figures]
 
 
@@ -191,6 +191,8 @@ def table(results):
                     f"{fmt(x[f'{side}_p50_ms'])} / {fmt(x[f'{side}_p99_ms'])}",
                     f"{fmt(x['direct_p50_ms'])} / {fmt(x['direct_p99_ms'])}",
                     f"{fmt(x[f'{side}_added_p50_ms'])} / {fmt(x[f'{side}_added_p99_ms'])}")
+                row(title, f"{side} gateway CPU per request, c=1 (us)",
+                    x.get(f"{side}_cpu_us_per_request"))
     if "asgi_throughput" in s:
         x = s["asgi_throughput"]
         for side in SIDES(x):
@@ -198,9 +200,9 @@ def table(results):
                 f" (CPU us/request)", x[f"{side}_rps"], x.get("direct_rps"),
                 x.get(f"{side}_cpu_us_per_request"))
         row("9 ASGI vs WSGI throughput", "ASGI / WSGI", x.get("asgi_vs_wsgi"))
-        if "asgi_django_vs_wsgi" in x:
-            row("9 ASGI vs WSGI throughput", "ASGI (Django's handler) / WSGI",
-                x["asgi_django_vs_wsgi"])
+        for side, what in (("asgi_plain", "asyncio + h11"), ("asgi_django", "Django's handler")):
+            if f"{side}_vs_wsgi" in x:
+                row("9 ASGI vs WSGI throughput", f"ASGI ({what}) / WSGI", x[f"{side}_vs_wsgi"])
     if "asgi_streaming" in s:
         x = s["asgi_streaming"]
         for side in SIDES(x):
@@ -288,6 +290,9 @@ def parse_args(argv):
     parser.add_argument("--asgi-django", action="store_true",
                         help="scenarios 9 also load a third gateway: the ASGI server with "
                              "Django's handler serving /v1/ (OPENAI_DJANGO_ASGI_LEAN=0)")
+    parser.add_argument("--asgi-plain", action="store_true",
+                        help="scenarios 9 also load the lean ASGI gateway under uvicorn with "
+                             "asyncio and h11 (asgi_plain), beside uvloop and httptools")
     parser.add_argument("--soak-streams", type=int, default=10_000)
     parser.add_argument("--soak-seconds", type=float, default=60.0)
     parser.add_argument("--soak-interval-ms", type=float, default=500.0)
@@ -339,7 +344,9 @@ def main(argv=None):
             "command": " ".join(["python -m bench", *(sys.argv[1:] if argv is None else argv)]),
             "quick": args.quick, "machine": machine(), "loadavg_before": loadavg(),
             "gateway": {"server": args.server, "workers": args.workers, "threads": threads},
-            "asgi_gateway": {"server": args.asgi_server, "workers": args.workers},
+            "asgi_gateway": {"server": args.asgi_server, "workers": args.workers,
+                             "lean": True, "django_handler_too": args.asgi_django,
+                             "plain_uvicorn_too": args.asgi_plain},
             "fd_limit": fd_limit, "somaxconn": somaxconn, "ephemeral_ports": port_range(),
             "uvicorn": dict(zip(("loop", "http"), harness_module.uvicorn_stack())),
         },
@@ -420,6 +427,11 @@ def main(argv=None):
                         sqlite, server=args.asgi_server, workers=args.workers, threads=1,
                         name="gateway-asgi-django", env={"OPENAI_DJANGO_ASGI_LEAN": "0"})
                     scenarios.check_contract(ctx, pair["asgi_django"])
+                if args.asgi_plain and args.asgi_server == "uvicorn":
+                    pair["asgi_plain"] = harness.start_gateway(
+                        sqlite, server="uvicorn", workers=args.workers, threads=1,
+                        name="gateway-asgi-plain", stack="plain")
+                    scenarios.check_contract(ctx, pair["asgi_plain"])
             return pair
 
         def asgi_latency():
