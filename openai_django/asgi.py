@@ -95,7 +95,14 @@ def _dotted(obj):
 
 def needs_site_auth():
     """Whether the gateway's configured authentication goes beyond the issued keys (then a
-    /v1/ call needs the site's session and auth middleware: Django serves it)."""
+    /v1/ call needs the site's session and auth middleware: Django serves it).
+
+    Key authentication is the gateway's own (``openai_django.auth.APIKeyAuthentication``, a
+    subclass, or another class of the package that is not session based); anything else
+    (DRF's ``SessionAuthentication``, a site's own class) may rely on the site's middleware
+    and sends /v1/ to Django."""
+    from rest_framework.authentication import SessionAuthentication
+
     from openai_django.auth import APIKeyAuthentication
 
     classes = _setting("AUTHENTICATION_CLASSES", None)
@@ -108,7 +115,10 @@ def needs_site_auth():
             cls = import_string(entry) if isinstance(entry, str) else entry
         except ImportError:
             return True  # unknown: the full stack, where the error will be reported
-        if not (isinstance(cls, type) and issubclass(cls, APIKeyAuthentication)):
+        if not isinstance(cls, type) or issubclass(cls, SessionAuthentication):
+            return True
+        if not (issubclass(cls, APIKeyAuthentication)
+                or cls.__module__.split(".")[0] == "openai_django"):
             return True
     return False
 

@@ -245,6 +245,22 @@ def test_cors_middleware_runs_on_the_lean_path(lean_site, serve, asgi_upstream):
 # -- Django serves /v1/ ------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("classes, needs", [
+    (None, False),
+    ([], False),
+    (["openai_django.auth.APIKeyAuthentication"], False),
+    (["openai_django.auth.APIKeyAuthentication",
+      "rest_framework.authentication.SessionAuthentication"], True),
+    (["rest_framework.authentication.BasicAuthentication"], True),  # a site's choice: Django
+    (["no.such.Authentication"], True),
+])
+def test_which_authentication_needs_the_sites_middleware(settings, classes, needs):
+    from openai_django.asgi import needs_site_auth
+
+    settings.OPENAI_DJANGO = {**settings.OPENAI_DJANGO, "AUTHENTICATION_CLASSES": classes}
+    assert needs_site_auth() is needs
+
+
 @pytest.mark.usefixtures("warm_sdk")
 @pytest.mark.parametrize("case", ["opt-out", "session-auth", "unknown-middleware"])
 def test_django_serves_v1_when_the_lean_path_is_off(lean_site, serve, asgi_upstream, case):
