@@ -321,8 +321,12 @@ def _site_receivers(signal):
     """Whether ``signal`` has receivers beyond Django's own per-thread database ones."""
     if not signal.receivers:
         return False
-    sync_receivers, async_receivers = signal._live_receivers(ASGIHandler)
-    if async_receivers:
-        return True
+    live = signal._live_receivers(ASGIHandler)  # Django 5: (sync, async) receivers
+    if isinstance(live, tuple):
+        sync_receivers, async_receivers = live
+        if async_receivers:
+            return True
+    else:
+        sync_receivers = live
     return any(f"{getattr(r, '__module__', '')}.{getattr(r, '__qualname__', '')}"
                not in _THREAD_RECEIVERS for r in sync_receivers)

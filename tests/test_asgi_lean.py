@@ -298,3 +298,24 @@ def _paced_chat(site, server, upstream, kind):
     row = site.wait_call(call_id, finished)
     assert row["status"] == "succeeded" and row["operation"] == "createChatCompletion"
     assert [json.loads(e)["id"] for e in row["stream_events"]] == [c.id for _, c in arrivals]
+
+
+def test_request_started_is_sent_when_the_site_listens():
+    """Django's own receivers of ``request_started`` concern the calling thread's database
+    connections (the lean path's thread, the event loop, has none): the lean path sends the
+    signal only when the site connected a receiver of its own."""
+    from django.core import signals
+
+    from openai_django.asgi import _site_receivers
+
+    assert not _site_receivers(signals.request_started)
+
+    def sites_own(**kwargs):
+        pass
+
+    signals.request_started.connect(sites_own)
+    try:
+        assert _site_receivers(signals.request_started)
+    finally:
+        signals.request_started.disconnect(sites_own)
+    assert not _site_receivers(signals.request_started)
