@@ -34,12 +34,49 @@ _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 def raise_fd_limit(target=65536):
     """Thousands of concurrent streams need thousands of sockets, in this process and in the
-    servers it starts (they inherit the limit)."""
+    servers it starts (they inherit the limit): the soft limit is raised to ``target``, and
+    the hard one with it where the process may (root with ``CAP_SYS_RESOURCE``, up to
+    /proc/sys/fs/nr_open); a container without that capability keeps its hard limit."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < target:
+        with contextlib.suppress(ValueError, OSError):
+            with open("/proc/sys/fs/nr_open") as fh:
+                target = min(target, int(fh.read()))
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, target))
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     want = min(target, hard) if hard != resource.RLIM_INFINITY else target
     if soft < want:
         resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def raise_somaxconn(backlog=4096):
+    """The kernel caps every listen backlog at net.core.somaxconn (per network namespace):
+    raised to ``backlog`` where writable (root), so a ramp of thousands of connections a
+    second is not dropped at the listener. Returns the value in force (None if unreadable)."""
+    path = "/proc/sys/net/core/somaxconn"
+    try:
+        with open(path) as fh:
+            current = int(fh.read())
+        if current < backlog:
+            with open(path, "w") as fh:
+                fh.write(str(backlog))
+            current = backlog
+        return current
+    except (OSError, ValueError):
+        with contextlib.suppress(OSError, ValueError), open(path) as fh:
+            return int(fh.read())
+        return None
+
+
+def port_range():
+    """The loopback's ephemeral ports (each (address, port) a client connects to has this
+    many), from /proc/sys/net/ipv4/ip_local_port_range."""
+    with contextlib.suppress(OSError, ValueError), \
+            open("/proc/sys/net/ipv4/ip_local_port_range") as fh:
+        lo, hi = (int(x) for x in fh.read().split())
+        return hi - lo + 1
+    return None
 
 
 def free_port():
@@ -220,6 +257,19 @@ class Server:
             proc.wait(timeout)
 
 
+#: "auto": uvicorn with uvloop and httptools when installed (``uvicorn[standard]``), else
+#: asyncio and h11; "plain": asyncio and h11 whatever is installed (``--uvicorn-stack``).
+UVICORN_STACK = os.environ.get("BENCH_UVICORN_STACK", "auto")
+
+
+def uvicorn_stack():
+    """``(loop, http)`` of the uvicorn gateways."""
+    if UVICORN_STACK == "plain":
+        return "asyncio", "h11"
+    return ("uvloop" if has_module("uvloop") else "asyncio",
+            "httptools" if has_module("httptools") else "h11")
+
+
 # How each serving configuration is started. ``{threads}`` is per worker.
 ASGI_SERVERS = ("uvicorn", "granian-asgi")
 SERVER_COMMANDS = {
@@ -243,8 +293,8 @@ SERVER_COMMANDS = {
     "uvicorn": lambda port, workers, threads, fd=None: [
         str(VENV_BIN / "uvicorn"), *(["--fd", str(fd)] if fd is not None else
                                      ["--host", "127.0.0.1", "--port", str(port)]),
-        "--workers", str(workers), "--loop", "uvloop" if has_module("uvloop") else "asyncio",
-        "--http", "httptools" if has_module("httptools") else "h11", "--lifespan", "off",
+        "--workers", str(workers), "--loop", uvicorn_stack()[0], "--http", uvicorn_stack()[1],
+        "--lifespan", "off",
         "--backlog", "4096", "--timeout-keep-alive", "75", "--no-access-log",
         "--log-level", "warning", "project.asgi:application",
     ],
@@ -405,7 +455,17 @@ class Harness:
     # -- gateways -------------------------------------------------------------------------
 
     def start_gateway(self, db, *, server="granian-wsgi", workers=2, threads=8, record=True,
-                      name=None, env=None):
+                      name=None, env=None, stack=None):
+        """``stack``: "plain" or "auto", uvicorn's loop and HTTP parser for this gateway
+        (default: ``UVICORN_STACK``)."""
+        global UVICORN_STACK
+        if stack is not None:
+            saved, UVICORN_STACK = UVICORN_STACK, stack
+            try:
+                return self.start_gateway(db, server=server, workers=workers, threads=threads,
+                                          record=record, name=name, env=env)
+            finally:
+                UVICORN_STACK = saved
         listener = tcp_listener() if server == "uvicorn" else None
         port = listener.getsockname()[1] if listener else free_port()
         name = name or f"{server}-{db.kind}-{'rec' if record else 'norec'}-{port}"
@@ -419,6 +479,8 @@ class Harness:
                          listener=listener)
         gateway.extra = {"server": server, "workers": workers, "threads": threads,
                          "record": record, "db": db.kind}
+        if server == "uvicorn":
+            gateway.extra["loop"], gateway.extra["http"] = uvicorn_stack()
         gateway.start(self.workdir)
         self.servers.append(gateway)
         log.info("gateway %s at %s", name, gateway.url)

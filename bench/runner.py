@@ -17,8 +17,17 @@ import sys
 import time
 from pathlib import Path
 
+from bench import harness as harness_module
 from bench import scenarios
-from bench.harness import ASGI_SERVERS, ROOT, SERVER_COMMANDS, Harness, raise_fd_limit
+from bench.harness import (
+    ASGI_SERVERS,
+    ROOT,
+    SERVER_COMMANDS,
+    Harness,
+    port_range,
+    raise_fd_limit,
+    raise_somaxconn,
+)
 
 log = logging.getLogger("bench")
 
@@ -120,6 +129,13 @@ def fmt(value):
     return str(value)
 
 
+def SIDES(figures):
+    """The gateways of an ASGI-vs-WSGI scenario's figures: wsgi, asgi (the lean entry) and,
+    with ``--asgi-django``, asgi_django (Django's handler)."""
+    return [s for s in ("wsgi", "asgi", "asgi_plain", "asgi_django") if f"{s}_errors" in figures
+            or f"{s}_rps" in figures or f"{s}_ttfe_p50_ms" in figures]
+
+
 def table(results):
     """The human table: every figure, then every target with its verdict."""
     lines = []
@@ -170,21 +186,26 @@ def table(results):
                        ("asgi_responses", "9 ASGI vs WSGI createResponse c=1")):
         if key in s:
             x = s[key]
-            for side in ("wsgi", "asgi"):
+            for side in SIDES(x):
                 row(title, f"{side} p50 / p99 (ms), added p50 / p99",
                     f"{fmt(x[f'{side}_p50_ms'])} / {fmt(x[f'{side}_p99_ms'])}",
                     f"{fmt(x['direct_p50_ms'])} / {fmt(x['direct_p99_ms'])}",
                     f"{fmt(x[f'{side}_added_p50_ms'])} / {fmt(x[f'{side}_added_p99_ms'])}")
+                row(title, f"{side} gateway CPU per request, c=1 (us)",
+                    x.get(f"{side}_cpu_us_per_request"))
     if "asgi_throughput" in s:
         x = s["asgi_throughput"]
-        for side in ("wsgi", "asgi"):
+        for side in SIDES(x):
             row("9 ASGI vs WSGI throughput", f"{side} req/s, recording on, c={x['connections']}"
                 f" (CPU us/request)", x[f"{side}_rps"], x.get("direct_rps"),
                 x.get(f"{side}_cpu_us_per_request"))
         row("9 ASGI vs WSGI throughput", "ASGI / WSGI", x.get("asgi_vs_wsgi"))
+        for side, what in (("asgi_plain", "asyncio + h11"), ("asgi_django", "Django's handler")):
+            if f"{side}_vs_wsgi" in x:
+                row("9 ASGI vs WSGI throughput", f"ASGI ({what}) / WSGI", x[f"{side}_vs_wsgi"])
     if "asgi_streaming" in s:
         x = s["asgi_streaming"]
-        for side in ("wsgi", "asgi"):
+        for side in SIDES(x):
             row("9 ASGI vs WSGI streaming", f"{side} time to first event p50 (ms)",
                 x[f"{side}_ttfe_p50_ms"], x["direct_ttfe_p50_ms"], x[f"{side}_ttfe_added_p50_ms"])
             row("9 ASGI vs WSGI streaming", f"{side} gap deviation p50 / p99 (ms), coalesced",
@@ -272,6 +293,15 @@ def parse_args(argv):
                         help="the gateway of scenarios 1-8 (and the WSGI side of 9 if WSGI)")
     parser.add_argument("--asgi-server", default="uvicorn", choices=ASGI_SERVERS,
                         help="the ASGI gateway of scenarios 9 (asgi_*) and 10 (soak)")
+    parser.add_argument("--uvicorn-stack", choices=("auto", "plain"), default=None,
+                        help="uvicorn's loop and HTTP parser: auto (uvloop and httptools "
+                             "when installed) or plain (asyncio and h11)")
+    parser.add_argument("--asgi-django", action="store_true",
+                        help="scenarios 9 also load a third gateway: the ASGI server with "
+                             "Django's handler serving /v1/ (OPENAI_DJANGO_ASGI_LEAN=0)")
+    parser.add_argument("--asgi-plain", action="store_true",
+                        help="scenarios 9 also load the lean ASGI gateway under uvicorn with "
+                             "asyncio and h11 (asgi_plain), beside uvloop and httptools")
     parser.add_argument("--soak-streams", type=int, default=10_000)
     parser.add_argument("--soak-seconds", type=float, default=60.0)
     parser.add_argument("--soak-interval-ms", type=float, default=500.0)
@@ -311,7 +341,11 @@ def main(argv=None):
         params.slow_stream_counts = tuple(n for n in params.slow_stream_counts
                                           if n <= args.max_streams) or (args.max_streams,)
     threads = args.threads or DEFAULT_THREADS[args.server]
-    fd_limit = raise_fd_limit()
+    if args.uvicorn_stack:
+        harness_module.UVICORN_STACK = args.uvicorn_stack
+    # The soak's gateway needs 2 sockets a stream (client and upstream), plus its own.
+    fd_limit = raise_fd_limit(max(65536, 2 * args.soak_streams + 4096))
+    somaxconn = raise_somaxconn(4096)
     started = time.time()
     results = {
         "meta": {
@@ -319,8 +353,11 @@ def main(argv=None):
             "command": " ".join(["python -m bench", *(sys.argv[1:] if argv is None else argv)]),
             "quick": args.quick, "machine": machine(), "loadavg_before": loadavg(),
             "gateway": {"server": args.server, "workers": args.workers, "threads": threads},
-            "asgi_gateway": {"server": args.asgi_server, "workers": args.workers},
-            "fd_limit": fd_limit,
+            "asgi_gateway": {"server": args.asgi_server, "workers": args.workers,
+                             "lean": True, "django_handler_too": args.asgi_django,
+                             "plain_uvicorn_too": args.asgi_plain},
+            "fd_limit": fd_limit, "somaxconn": somaxconn, "ephemeral_ports": port_range(),
+            "uvicorn": dict(zip(("loop", "http"), harness_module.uvicorn_stack())),
         },
         "scenarios": {},
     }
@@ -394,6 +431,16 @@ def main(argv=None):
                                                      workers=args.workers, threads=1,
                                                      name="gateway-asgi")
                 scenarios.check_contract(ctx, pair["asgi"])
+                if args.asgi_django:
+                    pair["asgi_django"] = harness.start_gateway(
+                        sqlite, server=args.asgi_server, workers=args.workers, threads=1,
+                        name="gateway-asgi-django", env={"OPENAI_DJANGO_ASGI_LEAN": "0"})
+                    scenarios.check_contract(ctx, pair["asgi_django"])
+                if args.asgi_plain and args.asgi_server == "uvicorn":
+                    pair["asgi_plain"] = harness.start_gateway(
+                        sqlite, server="uvicorn", workers=args.workers, threads=1,
+                        name="gateway-asgi-plain", stack="plain")
+                    scenarios.check_contract(ctx, pair["asgi_plain"])
             return pair
 
         def asgi_latency():

@@ -528,13 +528,22 @@ def compare_latency(ctx, gateways, name="chat", path="/chat/completions", body=N
         run_wrk(url, gw_script, seconds=p.warmup_seconds)
     run_wrk(direct_url, direct_script, seconds=p.warmup_seconds)
     rounds = {label: [] for label in urls}
+    cpu = {label: [] for label in urls}
     for _ in range(p.rounds):
-        measured = {label: run_wrk(url, gw_script, seconds=p.latency_seconds)
-                    for label, url in urls.items()}
+        measured = {}
+        for label, url in urls.items():
+            before = gateways[label].cpu_seconds()
+            measured[label] = run_wrk(url, gw_script, seconds=p.latency_seconds)
+            cpu[label].append((gateways[label].cpu_seconds() - before)
+                              / max(measured[label].requests, 1) * 1e6)
         d = run_wrk(direct_url, direct_script, seconds=p.latency_seconds)
         for label, g in measured.items():
             rounds[label].append({"gateway": g, "direct": d})
     out = {"rounds": p.rounds}
+    for label in urls:
+        # CPU of the gateway's processes per request at c=1: steadier than wall-clock
+        # latency on a shared machine.
+        out[f"{label}_cpu_us_per_request"] = _median(cpu[label])
     for label, pairs in rounds.items():
         summary = _latency_summary(pairs)
         for key in ("gateway_p50_ms", "gateway_p99_ms", "added_p50_ms", "added_p99_ms",
@@ -557,9 +566,10 @@ def compare_throughput(ctx, gateways):
                for label, g in gateways.items()]
     targets.append(("direct", ctx.upstream.url + "/chat/completions", direct_script, None))
     figures, out = _saturate(p, targets)
-    if "asgi" in figures and "wsgi" in figures:
-        out["asgi_vs_wsgi"] = _median([a.rps / b.rps for a, b in
-                                       zip(figures["asgi"], figures["wsgi"]) if b.rps])
+    for label in ("asgi", "asgi_plain", "asgi_django"):
+        if label in figures and "wsgi" in figures:
+            out[f"{label}_vs_wsgi"] = _median([a.rps / b.rps for a, b in
+                                               zip(figures[label], figures["wsgi"]) if b.rps])
     out["errors"] = sum(out[f"{label}_errors"] for label in figures)
     return out
 
@@ -754,6 +764,8 @@ def soak(ctx, gateway, db, sp):
                               if rss_plateau else None),
         "fds_idle": idle["fds"], "fds_peak": max((x[2] for x in samples), default=None),
         "fd_limit_soft": soft, "fd_limit_hard": hard,
+        # Two sockets a stream (the client's and the upstream's) and the idle process's own.
+        "fds_needed": 2 * sp.streams + idle["fds"],
         "cpu_cores_plateau": (round((in_plateau[-1][3] - in_plateau[0][3]) / plateau_s, 3)
                               if plateau_s else None),
         "upstream_cpu_cores_plateau": (round((in_plateau[-1][4] - in_plateau[0][4])

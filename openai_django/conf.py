@@ -58,6 +58,26 @@ DEFAULTS = {
     "TRANSPORT": "auto",
     # Threads of the database pool the async transport runs the record in (per process).
     "DB_THREADS": 8,
+    # The lean ASGI entry (openai_django.asgi.get_asgi_application, README "Deployment"):
+    # /v1/ operations served on the event loop without Django's per-request thread and the
+    # thread hops of sync middleware. False: every request goes through Django's handler.
+    "ASGI_LEAN": True,
+    # Site middleware a /v1/ call skips on the lean path (the cookie-session machinery: the
+    # gateway authenticates keys, its views are CSRF exempt).
+    "ASGI_LEAN_SKIP_MIDDLEWARE": [
+        "django.contrib.sessions.middleware.SessionMiddleware",
+        "django.middleware.csrf.CsrfViewMiddleware",
+        "django.contrib.auth.middleware.AuthenticationMiddleware",
+        "django.contrib.messages.middleware.MessageMiddleware",
+    ],
+    # Header-only MiddlewareMixin middleware (no database, no I/O) run on the event loop on
+    # the lean path. Natively async middleware (e.g. corsheaders') run as under Django; any
+    # other middleware in MIDDLEWARE turns the lean path off (a warning says which).
+    "ASGI_LEAN_INLINE_MIDDLEWARE": [
+        "django.middleware.security.SecurityMiddleware",
+        "django.middleware.common.CommonMiddleware",
+        "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    ],
     # Request headers forwarded upstream as sent by the client (lower-case names).
     "FORWARD_HEADERS": ["openai-organization", "openai-beta", "openai-project", "user-agent"],
     # Upstream response headers kept in the record and passed back to the client.
@@ -135,6 +155,10 @@ DEFAULTS = {
     # Seconds between saves of a stream's events while it is relayed: a crash loses at most
     # this much of what the client was sent. None: events are saved only at the end.
     "STREAM_CHECKPOINT_SECONDS": 2.0,
+    # Checkpoint writes per second per process at most: with more open streams than that
+    # many per interval, each stream is saved every (open streams / budget) seconds instead
+    # (2,000 streams: every 20 s), so the saves never crowd out the relaying. None: no cap.
+    "STREAM_CHECKPOINT_BUDGET": 100,
     # Cap on concurrent upstream calls made by tasks: {"*": N, "model-name": M}; empty = none.
     "CONCURRENCY": {},
     # Where the caps' leases live: "redis", "db" (a lease table), or None: Redis when a Redis

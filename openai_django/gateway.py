@@ -281,12 +281,18 @@ class Checkpointer:
                         break
                 continue
             now = time.monotonic()
+            # A write budget: with more open streams than the budget saves in one interval,
+            # each is saved less often (the process's checkpoint writes per second bounded).
+            budget = app_settings.STREAM_CHECKPOINT_BUDGET
+            stretched = len(relays) / budget if budget else 0
             for relay, every in relays:
+                every = max(every, stretched)
                 when = due.setdefault(relay, now + every)
                 if now >= when:
                     due[relay] = now + every
                     relay.checkpoint()
-            for relay in [r for r in due if r not in dict(relays)]:
+            open_now = {relay for relay, _ in relays}  # once, not once per relay (10k: 10^8)
+            for relay in [r for r in due if r not in open_now]:
                 del due[relay]
             tick = min(every for _, every in relays) / 4
             self._wake.wait(max(0.01, min(tick, 0.5)))

@@ -172,6 +172,8 @@ OPENAI_DJANGO = {
     "RECORD": env_bool("OPENAI_DJANGO_RECORD", True),
     # OPENAI_DJANGO_WRITER=1: group-commit writer thread (what docs/performance.md measured).
     "WRITER": env_bool("OPENAI_DJANGO_WRITER", False),
+    # OPENAI_DJANGO_ASGI_LEAN=0: Django's ASGI handler serves /v1/ too (project/asgi.py).
+    "ASGI_LEAN": env_bool("OPENAI_DJANGO_ASGI_LEAN", True),
     # Prompts are forgotten after 30 days, usage after a year: keeping them forever should be
     # a decision a site takes, not a default it inherits (check openai_django.W005).
     "RETENTION": {"bodies": 30, "artifacts": 30, "metadata": 365},
