@@ -43,7 +43,7 @@ import threading
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.conf import settings
 from django.core import signals
-from django.core.exceptions import RequestAborted
+from django.core.exceptions import ImproperlyConfigured, RequestAborted
 from django.core.handlers.asgi import ASGIHandler, get_script_prefix
 from django.core.signals import setting_changed
 from django.http import FileResponse, HttpResponseServerError
@@ -95,32 +95,16 @@ def _dotted(obj):
 
 def needs_site_auth():
     """Whether the gateway's configured authentication goes beyond the issued keys (then a
-    /v1/ call needs the site's session and auth middleware: Django serves it).
+    /v1/ call needs the site's session and auth middleware: Django serves it). The rule is
+    :func:`openai_django.access.needs_site_middleware`'s; a setting that is wrong (a class
+    that cannot be imported, an empty list) sends /v1/ to Django too, where the error is
+    reported."""
+    from openai_django.access import needs_site_middleware
 
-    Key authentication is the gateway's own (``openai_django.auth.APIKeyAuthentication``, a
-    subclass, or another class of the package that is not session based); anything else
-    (DRF's ``SessionAuthentication``, a site's own class) may rely on the site's middleware
-    and sends /v1/ to Django."""
-    from rest_framework.authentication import SessionAuthentication
-
-    from openai_django.auth import APIKeyAuthentication
-
-    classes = _setting("AUTHENTICATION_CLASSES", None)
-    if not classes:
-        return False
-    if isinstance(classes, str):
-        classes = [classes]
-    for entry in classes:
-        try:
-            cls = import_string(entry) if isinstance(entry, str) else entry
-        except ImportError:
-            return True  # unknown: the full stack, where the error will be reported
-        if not isinstance(cls, type) or issubclass(cls, SessionAuthentication):
-            return True
-        if not (issubclass(cls, APIKeyAuthentication)
-                or cls.__module__.split(".")[0] == "openai_django"):
-            return True
-    return False
+    try:
+        return needs_site_middleware()
+    except (ImportError, ImproperlyConfigured):
+        return True
 
 
 def _plan():

@@ -247,7 +247,7 @@ def test_cors_middleware_runs_on_the_lean_path(lean_site, serve, asgi_upstream):
 
 @pytest.mark.parametrize("classes, needs", [
     (None, False),
-    ([], False),
+    ([], True),  # a wrong setting (E031): Django serves, and says so
     (["openai_django.auth.APIKeyAuthentication"], False),
     (["openai_django.auth.APIKeyAuthentication",
       "rest_framework.authentication.SessionAuthentication"], True),
