@@ -9,6 +9,7 @@ class OpenAIDjangoConfig(AppConfig):
     def ready(self):
         from openai_django import (  # noqa: F401 - registers checks/receivers
             checks,
+            controls,
             handlers,
             recovery,
             retention,

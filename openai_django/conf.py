@@ -124,6 +124,16 @@ DEFAULTS = {
     "STALE_QUEUED_AFTER": None,
     # Prices in USD per 1,000 tokens (input, output) or per image / per audio minute.
     "PRICES": None,
+    # Budgets and rate limits (controls.py; set in the admin, manage.py openai_limits or
+    # openai_django.set_budget/set_rate_limit). False: none is checked (a kill switch).
+    "LIMITS": True,
+    # Where rate-limit counters live: "redis", "db" (a counter table), or None: Redis when
+    # RATE_LIMIT_REDIS_URL is set, else the database. Budgets are always in the database.
+    "RATE_LIMIT_BACKEND": None,
+    "RATE_LIMIT_REDIS_URL": None,
+    # Output tokens assumed for a call that sets no max_tokens/max_completion_tokens/
+    # max_output_tokens, in the estimate counted before the call (tokens per minute, budgets).
+    "ESTIMATED_OUTPUT_TOKENS": 256,
     # How many recent calls the REST log returns at most per page.
     "LOG_PAGE_MAX": 100,
 }

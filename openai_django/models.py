@@ -422,3 +422,12 @@ class ConcurrencyLease(models.Model):
 
     def __str__(self):
         return f"{self.key} #{self.slot}"
+
+
+# Budgets and rate limits (openai_django/allowances.py), registered with the app's models.
+from openai_django.allowances import (  # noqa: E402, F401
+    Allowance,
+    BudgetReservation,
+    BudgetWindow,
+    RateWindow,
+)
