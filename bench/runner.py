@@ -24,7 +24,7 @@ log = logging.getLogger("bench")
 
 ALL = ["latency", "responses", "throughput", "streaming", "slow_streams", "large_bodies",
        "asgi_latency", "asgi_throughput", "asgi_streaming", "databases", "celery", "admin",
-       "serving", "soak"]
+       "serving", "soak", "limits"]
 QUICK = ["latency", "responses", "throughput", "streaming", "slow_streams", "large_bodies",
          "asgi_latency", "asgi_throughput", "asgi_streaming"]
 ASGI_SCENARIOS = ("asgi_latency", "asgi_throughput", "asgi_streaming")
@@ -204,6 +204,18 @@ def table(results):
             x["gap_dev_p50_ms"], x["gap_dev_p99_ms"], x["gap_dev_max_ms"])
         row(title, "records succeeded", x["records_succeeded"], None,
             str(x["records"])[:120])
+    if "limits" in s:
+        x = s["limits"]
+        row("11 limits c=1", "p50 (ms), LIMITS off (direct, added)", x["off_p50_ms"],
+            x["direct_p50_ms"], None)
+        row("11 limits c=1", "p50 (ms), no allowance: the lookup (added vs off)",
+            x["baseline_p50_ms"], None, x["lookup_added_p50_ms"])
+        for mode in x["modes"]:
+            row("11 limits c=1", f"p50 / p99 (ms), budgets + limits, {mode} (added vs off)",
+                f"{fmt(x[f'limits_{mode}_p50_ms'])} / {fmt(x[f'limits_{mode}_p99_ms'])}",
+                None, f"{fmt(x[f'added_p50_ms_{mode}'])} / {fmt(x[f'added_p99_ms_{mode}'])}")
+            row("11 limits c=64", f"req/s, {mode} (off; ratio to off)",
+                x[f"limits_{mode}_rps_c64"], x["off_rps_c64"], x[f"rps_ratio_c64_{mode}"])
     if "large_bodies" in s:
         for name, x in s["large_bodies"].items():
             if not isinstance(x, dict):
@@ -399,6 +411,14 @@ def main(argv=None):
             if started_gateway is not gateway:
                 harness.stop_gateway(started_gateway)
 
+        def limits_():  # budgets and rate limits on the hot path (bench/limits_bench.py)
+            from bench import limits_bench
+
+            return limits_bench.limits(ctx, sqlite, os.environ.get("REDIS_URL"),
+                                       server=args.server, workers=args.workers,
+                                       threads=threads)
+
+        run("limits", limits_)
         run("databases", dbs)
         run("celery", lambda: scenarios.external(ctx, "celery_bench", sqlite,
                                                  ["--quick"] if args.quick else []))

@@ -80,7 +80,7 @@ def test_rate_limit_of_n_lets_exactly_n_through_across_two_processes(
     refused = [r for r in results if r[0] == 429]
     assert len(ok) == limit, [r[0] for r in results]
     assert len(refused) == CALLS - limit
-    for status, headers, body_ in refused:
+    for _status, headers, body_ in refused:
         headers = {k.lower(): v for k, v in headers.items()}
         assert body_["error"]["code"] == "rate_limit_exceeded"
         assert headers["x-ratelimit-limit-requests"] == str(limit)

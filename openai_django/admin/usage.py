@@ -353,7 +353,14 @@ class UsageMixin:
             changelist_url=changelist, range_query=range_query, quick=quick,
             timezone_name=str(timezone.get_current_timezone()),
             price_note=_price_note(),
+            budget_rows=_budget_rows(),
         ))
+
+
+def _budget_rows():
+    from .allowances import budget_rows
+
+    return budget_rows()
 
 
 def _price_note():
