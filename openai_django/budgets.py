@@ -35,7 +35,6 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from django.db import connection, transaction
-from django.db.models import F
 from django.utils import timezone
 
 ZERO = Decimal(0)
@@ -142,14 +141,29 @@ def reserve(budgets, call_id, usd, tokens):
     day = today()
     usd = Decimal(usd).quantize(Decimal("0.000001"))
     ordered = sorted(budgets, key=lambda b: (b.allowance_id, b.period))  # one lock order
+    quote = connection.ops.quote_name
+    table = quote(BudgetReservation._meta.db_table)
+    sql = (f"INSERT INTO {table} (call_id, window_id, usd, tokens, created) "
+           f"VALUES (%s, %s, %s, %s, %s)")
+    returning = connection.vendor in ("postgresql", "sqlite")
+    call_value = connection.ops.adapt_unknown_value(call_id) \
+        if connection.vendor != "sqlite" else call_id.hex
+    created = connection.ops.adapt_datetimefield_value(timezone.now())
+    held = []
     with transaction.atomic():
         windows = [_take(budget, budget.start(day), usd, tokens) for budget in ordered]
-        rows = BudgetReservation.objects.bulk_create([
-            BudgetReservation(call_id=call_id, window_id=window, usd=usd, tokens=tokens)
-            for window in windows])
-    if any(row.pk is None for row in rows):  # a database that returns no ids
-        rows = list(BudgetReservation.objects.filter(call_id=call_id))
-    return [Held(row.pk, row.window_id, usd, tokens) for row in rows]
+        with connection.cursor() as cursor:
+            for window in windows:
+                cursor.execute(sql + (" RETURNING id" if returning else ""),
+                               [call_value, window, connection.ops.adapt_decimalfield_value(
+                                   usd, 14, 6), tokens, created])
+                pk = cursor.fetchone()[0] if returning else None
+                held.append(Held(pk, window, usd, tokens))
+    if any(item.id is None for item in held):  # a database that returns no ids
+        ids = dict(BudgetReservation.objects.filter(call_id=call_id).values_list(
+            "window_id", "pk"))
+        held = [Held(ids[item.window_id], item.window_id, usd, tokens) for item in held]
+    return held
 
 
 def settle(held, usd, tokens):
@@ -159,17 +173,22 @@ def settle(held, usd, tokens):
 
     if not held:
         return
-    usd = Decimal(usd or 0)
+    usd = str(Decimal(usd or 0))
     tokens = int(tokens or 0)
-    with transaction.atomic():
+    quote = connection.ops.quote_name
+    reservations = quote(BudgetReservation._meta.db_table)
+    windows = quote(BudgetWindow._meta.db_table)
+    update = (f"UPDATE {windows} SET spent_usd = spent_usd + CAST(%s AS NUMERIC), "
+              f"spent_tokens = spent_tokens + %s, "
+              f"reserved_usd = reserved_usd - CAST(%s AS NUMERIC), "
+              f"reserved_tokens = reserved_tokens - %s, calls = calls + 1 WHERE id = %s")
+    with transaction.atomic(), connection.cursor() as cursor:
         for item in sorted(held, key=lambda h: h.window_id):
-            deleted, _ = BudgetReservation.objects.filter(pk=item.id).delete()
-            if deleted:
-                BudgetWindow.objects.filter(pk=item.window_id).update(
-                    spent_usd=F("spent_usd") + usd, spent_tokens=F("spent_tokens") + tokens,
-                    reserved_usd=F("reserved_usd") - item.usd,
-                    reserved_tokens=F("reserved_tokens") - item.tokens,
-                    calls=F("calls") + 1)
+            # Whoever deletes the reservation settles it (once, whichever path ends the call).
+            cursor.execute(f"DELETE FROM {reservations} WHERE id = %s", [item.id])
+            if cursor.rowcount:
+                cursor.execute(update, [usd, tokens, str(item.usd), item.tokens,
+                                        item.window_id])
 
 
 def held_by(call_id):

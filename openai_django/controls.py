@@ -30,7 +30,6 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 
 import orjson
-from django.db.models import Q
 
 from openai_django import budgets, limits
 from openai_django.conf import app_settings
@@ -124,40 +123,85 @@ def estimate_usd(invocation, prompt, output):
 # -- what applies --------------------------------------------------------------------------
 
 
-def _groups_supported():
-    from django.contrib.auth import get_user_model
+_sql = {}  # connection vendor -> the lookup's SQL
 
+
+def _lookup_sql():
+    """One statement (built once per process and database vendor): the allowances of a
+    key, of a user and of the user's groups, with the group's name."""
+    from django.contrib.auth import get_user_model
+    from django.contrib.auth.models import Group
+    from django.db import connection
+
+    from openai_django.models import Allowance
+
+    vendor = connection.vendor
+    if vendor in _sql:
+        return _sql[vendor]
+    quote = connection.ops.quote_name
+    table = quote(Allowance._meta.db_table)
+    groups = ""
     try:
-        get_user_model()._meta.get_field("groups")
-    except Exception:
-        return False
-    return True
+        field = get_user_model()._meta.get_field("groups")
+        through = field.remote_field.through._meta
+        user_column = through.get_field(field.m2m_field_name()).column
+        group_column = through.get_field(field.m2m_reverse_field_name()).column
+        groups = (f" OR a.group_id IN (SELECT t.{quote(group_column)} FROM "
+                  f"{quote(through.db_table)} t WHERE t.{quote(user_column)} = %s)")
+    except Exception:  # a user model without groups
+        groups = ""
+    columns = ", ".join(f"a.{quote(name)}" for name in LOOKUP_FIELDS)
+    sql = (f"SELECT {columns}, g.{quote('name')} FROM {table} a LEFT JOIN "
+           f"{quote(Group._meta.db_table)} g ON g.{quote('id')} = a.group_id "
+           f"WHERE a.api_key_id = %s OR a.user_id = %s{groups}")
+    _sql[vendor] = (sql, bool(groups))
+    return _sql[vendor]
+
+
+LOOKUP_FIELDS = ("id", "api_key_id", "user_id", "group_id", "requests_per_minute",
+                 "tokens_per_minute", "daily_usd", "daily_tokens", "monthly_usd",
+                 "monthly_tokens", "total_usd", "total_tokens")
 
 
 def allowances_for(user=None, api_key=None):
     """The allowances that apply to a call of ``api_key`` / ``user``: the key's, the
-    user's and those of the user's groups (one query)."""
+    user's and those of the user's groups (one query on the hot path, no ORM compiling)."""
+    from django.db import connection
+
     from openai_django.models import Allowance
 
     key_id = getattr(api_key, "pk", None)
     user_id = getattr(user, "pk", None)
     if key_id is None and user_id is None:
         return []
-    condition = Q()
-    if key_id is not None:
-        condition |= Q(api_key_id=key_id)
-    if user_id is not None:
-        condition |= Q(user_id=user_id)
-        if _groups_supported():
-            from django.contrib.auth import get_user_model
-
-            through = get_user_model().groups.through
-            condition |= Q(group_id__in=through.objects.filter(user_id=user_id)
-                           .values("group_id"))
-    return list(Allowance.objects.filter(condition).select_related("api_key", "user", "group"))
+    sql, groups = _lookup_sql()
+    params = [key_id, user_id] + ([user_id] if groups else [])
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        rows = cursor.fetchall()
+    found = []
+    for row in rows:
+        values = dict(zip(LOOKUP_FIELDS, row[:-1], strict=True))
+        for name in ("daily_usd", "monthly_usd", "total_usd"):
+            if values[name] is not None and not isinstance(values[name], Decimal):
+                values[name] = Decimal(str(values[name]))
+        allowance = Allowance(**values)
+        if allowance.api_key_id:
+            allowance._od_label = f"API key {api_key.masked}" \
+                if api_key is not None and api_key.pk == allowance.api_key_id else None
+        elif allowance.user_id:
+            allowance._od_label = f"user {user.get_username()}" \
+                if user is not None and user.pk == allowance.user_id else None
+        else:
+            allowance._od_label = f"group {row[-1]}"
+        found.append(allowance)
+    return found
 
 
 def _label(allowance):
+    label = getattr(allowance, "_od_label", None)
+    if label:
+        return label
     if allowance.api_key_id:
         return f"API key {allowance.api_key.masked}"
     if allowance.user_id:

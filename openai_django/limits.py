@@ -297,20 +297,22 @@ class DatabaseBackend:
             "requests", "tokens").first() or (0, 0)
         return Count(limit, row[0], row[1])
 
-    def correct(self, limits, window, delta):
-        from django.db.models import F
+    def _add(self, limits, window, requests, tokens):
+        _, table = self._table()
+        quote = connection.ops.quote_name
+        keys = [limit.key for limit in limits]
+        marks = ", ".join(["%s"] * len(keys))
+        with connection.cursor() as cursor:
+            cursor.execute(f"UPDATE {table} SET requests = requests + %s, tokens = tokens + %s "
+                           f"WHERE {quote('key')} IN ({marks}) AND {quote('window')} = %s",
+                           [requests, tokens, *keys, window])
 
+    def correct(self, limits, window, delta):
         if delta:
-            model, _ = self._table()
-            model.objects.filter(key__in=[limit.key for limit in limits],
-                                 window=window).update(tokens=F("tokens") + delta)
+            self._add(limits, window, 0, delta)
 
     def refund(self, limits, window, estimate):
-        from django.db.models import F
-
-        model, _ = self._table()
-        model.objects.filter(key__in=[limit.key for limit in limits], window=window).update(
-            requests=F("requests") - 1, tokens=F("tokens") - estimate)
+        self._add(limits, window, -1, -estimate)
 
 
 def purge_old_windows():
