@@ -26,10 +26,12 @@ price table applied to those tokens.
 
 import logging
 import math
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from decimal import Decimal
 
 import orjson
+from django.db import transaction
 
 from openai_django import budgets, limits
 from openai_django.conf import app_settings
@@ -243,26 +245,30 @@ def admit(invocation):
     prompt, output = estimate_tokens(invocation)
     admission = Admission(tokens=prompt + output,
                           background=invocation.mode == Call.Mode.ASYNC)
-    backend = None
+    backend = limits.get_backend() if rate else None
+    in_db = isinstance(backend, limits.DatabaseBackend)
     try:
-        if rate:
-            backend = limits.get_backend()
-            outcome = backend.check(rate, admission.tokens)
-            admission.headers = limits.headers(outcome)
-            if not outcome.allowed:
-                raise _rate_error(outcome, admission)
-            admission.limits, admission.window = rate, outcome.window
-        if owed:
-            from openai_django.models import uuid7
+        # With the database backend, the rate counts and the reservations are one
+        # transaction (one commit; a budget refusal rolls the counts back with it).
+        with transaction.atomic() if in_db and owed else nullcontext():
+            if rate:
+                outcome = backend.check(rate, admission.tokens)
+                admission.headers = limits.headers(outcome)
+                if not outcome.allowed:
+                    raise _rate_error(outcome, admission)
+                admission.limits, admission.window = rate, outcome.window
+            if owed:
+                from openai_django.models import uuid7
 
-            usd = estimate_usd(invocation, prompt, output)
-            invocation.call_id = uuid7()  # the record's id (recorder._new_call), linked now
-            try:
-                admission.held = budgets.reserve(owed, invocation.call_id, usd, prompt + output)
-            except budgets.Exhausted as exc:
-                if backend is not None:
-                    backend.refund(rate, admission.window, admission.tokens)
-                raise _quota_error(exc, admission) from None
+                usd = estimate_usd(invocation, prompt, output)
+                invocation.call_id = uuid7()  # the record's id (recorder._new_call)
+                try:
+                    admission.held = budgets.reserve(owed, invocation.call_id, usd,
+                                                     prompt + output)
+                except budgets.Exhausted as exc:
+                    if backend is not None and not in_db:
+                        backend.refund(rate, admission.window, admission.tokens)
+                    raise _quota_error(exc, admission) from None
     except (RateLimited, InsufficientQuota) as exc:
         invocation.call_id = None
         exc.call = recorder.reject(invocation, exc)
@@ -352,11 +358,16 @@ def call_ended(sender, call, **kwargs):
             return
         admission.done = True
         tokens = budgets.charged_tokens(call)
-        if admission.held:
-            budgets.settle(admission.held, call.cost_usd or 0, tokens)
-        if admission.limits and not admission.background:
-            limits.get_backend().correct(admission.limits, admission.window,
-                                         tokens - admission.tokens)
+        correct = bool(admission.limits) and not admission.background \
+            and tokens != admission.tokens
+        backend = limits.get_backend() if correct else None
+        # The database backend's correction commits with the settlement.
+        with transaction.atomic() if admission.held and correct and isinstance(
+                backend, limits.DatabaseBackend) else nullcontext():
+            if admission.held:
+                budgets.settle(admission.held, call.cost_usd or 0, tokens)
+            if correct:
+                backend.correct(admission.limits, admission.window, tokens - admission.tokens)
     except Exception:
         logger.exception("Could not charge call %s to its budgets", call.pk)
 

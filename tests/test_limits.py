@@ -291,3 +291,21 @@ def test_management_command(user, api_key):
 def test_rate_window_rows_purged(settings):
     RateWindow.objects.create(key="k:1", window=1, requests=3)
     assert limits.purge_old_windows() == 1
+
+
+def test_a_call_refused_by_its_budget_is_not_counted_by_the_rate_limit(http, upstream, api_key,
+                                                                       user, backend):
+    openai_django.set_rate_limit(user, requests_per_minute=10)
+    openai_django.set_budget(user, daily_tokens=10_000)
+    first = http.post(f"{http.base}/chat/completions", json=CHAT)
+    assert first.headers["x-ratelimit-remaining-requests"] == "9"
+    BudgetWindow.objects.update(spent_tokens=10_000)
+    refused = http.post(f"{http.base}/chat/completions", json=CHAT)
+    assert refused.status_code == 429
+    assert refused.json()["error"]["code"] == "insufficient_quota"
+    BudgetWindow.objects.update(spent_tokens=0)
+    again = http.post(f"{http.base}/chat/completions", json=CHAT)
+    remaining = int(again.headers["x-ratelimit-remaining-requests"])
+    assert remaining in (8, 9)  # 9: a new minute began in between
+    assert remaining == 8 or again.headers["x-ratelimit-reset-requests"] != \
+        first.headers["x-ratelimit-reset-requests"]

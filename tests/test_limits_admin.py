@@ -147,3 +147,10 @@ def test_allowance_list_and_check_constraint(admin_client, user):
 
     with pytest.raises(IntegrityError), transaction.atomic():
         Allowance.objects.create()  # no subject
+
+
+def test_allowance_change_page(admin_client, user):
+    allowance = openai_django.set_budget(user, monthly_usd=3)
+    page = admin_client.get(f"/admin/openai_django/allowance/{allowance.pk}/change/")
+    assert page.status_code == 200
+    assert "$0.0000 of $3.0000" in page.content.decode()
