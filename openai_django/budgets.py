@@ -115,13 +115,12 @@ def _take(budget, start, usd, tokens):
             return BudgetWindow.objects.filter(allowance_id=budget.allowance_id,
                                                period=budget.period, start=start).values_list(
                 "id", flat=True).get()
-        if attempt == 0 and not BudgetWindow.objects.filter(
-                allowance_id=budget.allowance_id, period=budget.period, start=start).exists():
+        if attempt == 0:
+            # No row yet for this period (or a spent one): make sure it exists (whoever
+            # inserts it first), then the same conditional UPDATE decides.
             BudgetWindow.objects.bulk_create(
                 [BudgetWindow(allowance_id=budget.allowance_id, period=budget.period,
                               start=start)], ignore_conflicts=True)
-            continue
-        break
     window = BudgetWindow.objects.filter(allowance_id=budget.allowance_id, period=budget.period,
                                          start=start).first()
     spent_usd = window.spent_usd if window else ZERO

@@ -280,15 +280,15 @@ class DatabaseBackend:
                 if row is None:
                     return self._read(limit, window)
                 return Count(limit, row[0], row[1])
-            if attempt == 0 and not model.objects.filter(key=limit.key,
-                                                         window=window).exists():
+            if attempt == 0:
+                # No row yet for this minute (or a full one): make sure it exists (whoever
+                # inserts it first), then the same conditional UPDATE decides.
                 model.objects.bulk_create([model(key=limit.key, window=window)],
                                           ignore_conflicts=True)
-                continue
-            break
         count = self._read(limit, window)
-        on = "requests" if (limit.requests is not None
-                            and count.requests + 1 > limit.requests) else "tokens"
+        # Which limit refused (read after the fact: the counts may have moved since).
+        on = "requests" if limit.requests is not None and (
+            limit.tokens is None or count.requests + 1 > limit.requests) else "tokens"
         raise _Refused(count, on)
 
     def _read(self, limit, window):

@@ -38,8 +38,50 @@ def burst(servers, key, body):
 
 
 def query(site, sql, args=()):
+    if getattr(site, "on_postgres", False):
+        from django.db import connection
+
+        with connection.cursor() as cursor:
+            cursor.execute(sql, args)
+            return [tuple(row) for row in cursor.fetchall()]
     with contextlib.closing(sqlite3.connect(site.db_path, timeout=30)) as conn:
         return conn.execute(sql, args).fetchall()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def make_site(request, gateway_site, crash_upstream):
+    """``make_site(**overrides)``: the servers' database is a SQLite file (WAL), or this test
+    run's own PostgreSQL database (when the run is on PostgreSQL; skipped otherwise)."""
+    if request.param == "sqlite":
+        yield gateway_site
+        return
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        pytest.skip("the run's database is not PostgreSQL (DATABASE_URL=postgres://...)")
+    from tests.fixtures.server import GatewaySite
+
+    db = connection.settings_dict
+    url = (f"postgres://{db['USER']}:{db['PASSWORD'] or ''}@{db['HOST'] or '127.0.0.1'}:"
+           f"{db['PORT'] or 5432}/{db['NAME']}")
+
+    class PostgresSite(GatewaySite):
+        on_postgres = True
+
+        def env(self, **extra):
+            return super().env(DATABASE_URL=url, **extra)
+
+    sites = []
+
+    def make(**overrides):
+        site = PostgresSite(crash_upstream.url, overrides=overrides)
+        sites.append(site)
+        return site
+
+    crash_upstream.clear_requests()
+    yield make
+    for site in sites:
+        site.close()
 
 
 def chat_requests(upstream):
@@ -62,9 +104,9 @@ def mode(request):
 
 @pytest.mark.parametrize("kinds", [("granian", "uvicorn")])
 def test_rate_limit_of_n_lets_exactly_n_through_across_two_processes(
-        gateway_site, crash_upstream, mode, kinds):
+        make_site, crash_upstream, mode, kinds):
     limit = 37
-    site = gateway_site(**mode)
+    site = make_site(**mode)
     out = site.manage("openai_limits", "set", "--user", "crash", "--rpm", str(limit))
     assert out.returncode == 0, out.stderr
     servers = [site.start_server(kind, threads=8) for kind in kinds]
@@ -79,7 +121,7 @@ def test_rate_limit_of_n_lets_exactly_n_through_across_two_processes(
     ok = [r for r in results if r[0] == 200]
     refused = [r for r in results if r[0] == 429]
     assert len(ok) == limit, [r[0] for r in results]
-    assert len(refused) == CALLS - limit
+    assert len(refused) == CALLS - limit, site.logs()[-6000:]
     for _status, headers, body_ in refused:
         headers = {k.lower(): v for k, v in headers.items()}
         assert body_["error"]["code"] == "rate_limit_exceeded"
@@ -97,11 +139,11 @@ def test_rate_limit_of_n_lets_exactly_n_through_across_two_processes(
 
 @pytest.mark.parametrize("max_tokens", [8, None], ids=["estimate_is_a_bound", "underestimate"])
 def test_budget_never_overspent_beyond_the_bound_across_two_processes(
-        gateway_site, crash_upstream, max_tokens):
+        make_site, crash_upstream, max_tokens):
     threads = 4  # per server: at most 2 x 4 calls in flight at once
     budget = 600
     overrides = {"ESTIMATED_OUTPUT_TOKENS": 1}
-    site = gateway_site(**overrides)
+    site = make_site(**overrides)
     out = site.manage("openai_limits", "set", "--user", "crash", "--daily-tokens", str(budget))
     assert out.returncode == 0, out.stderr
     servers = [site.start_server(kind, threads=threads) for kind in ("granian", "gunicorn")]
