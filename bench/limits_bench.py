@@ -57,13 +57,16 @@ def limits(ctx, db, redis_url=None, *, server="granian-wsgi", workers=2, threads
     if out.returncode != 0:
         raise RuntimeError(f"setting up the allowance failed:\n{out.stderr[-3000:]}")
     off = harness.start_gateway(db, server=server, workers=workers, threads=threads,
-                                name="gateway-limits-off", env={"OPENAI_DJANGO_LIMITS": "0"})
+                                name=f"gateway-limits-off-{db.kind}",
+                                env={"OPENAI_DJANGO_LIMITS": "0"})
     gateways = {"db": harness.start_gateway(db, server=server, workers=workers,
-                                            threads=threads, name="gateway-limits-db",
+                                            threads=threads,
+                                            name=f"gateway-limits-db-{db.kind}",
                                             env={"OPENAI_DJANGO_RATE_LIMIT_BACKEND": "db"})}
     if redis_url:
         gateways["redis"] = harness.start_gateway(
-            db, server=server, workers=workers, threads=threads, name="gateway-limits-redis",
+            db, server=server, workers=workers, threads=threads,
+            name=f"gateway-limits-redis-{db.kind}",
             env={"OPENAI_DJANGO_RATE_LIMIT_REDIS_URL": redis_url})
     try:
         base = _script(ctx, "limits-base", harness.client_key)

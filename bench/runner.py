@@ -216,6 +216,15 @@ def table(results):
                 None, f"{fmt(x[f'added_p50_ms_{mode}'])} / {fmt(x[f'added_p99_ms_{mode}'])}")
             row("11 limits c=64", f"req/s, {mode} (off; ratio to off)",
                 x[f"limits_{mode}_rps_c64"], x["off_rps_c64"], x[f"rps_ratio_c64_{mode}"])
+    if isinstance(s.get("limits", {}).get("postgres"), dict):
+        x = s["limits"]["postgres"]
+        for mode in x["modes"]:
+            row("11 limits PostgreSQL c=1",
+                f"p50 / p99 (ms), budgets + limits, {mode} (added vs off)",
+                f"{fmt(x[f'limits_{mode}_p50_ms'])} / {fmt(x[f'limits_{mode}_p99_ms'])}",
+                None, f"{fmt(x[f'added_p50_ms_{mode}'])} / {fmt(x[f'added_p99_ms_{mode}'])}")
+            row("11 limits PostgreSQL c=64", f"req/s, {mode} (off; ratio to off)",
+                x[f"limits_{mode}_rps_c64"], x["off_rps_c64"], x[f"rps_ratio_c64_{mode}"])
     if "large_bodies" in s:
         for name, x in s["large_bodies"].items():
             if not isinstance(x, dict):
@@ -414,9 +423,23 @@ def main(argv=None):
         def limits_():  # budgets and rate limits on the hot path (bench/limits_bench.py)
             from bench import limits_bench
 
-            return limits_bench.limits(ctx, sqlite, os.environ.get("REDIS_URL"),
-                                       server=args.server, workers=args.workers,
-                                       threads=threads)
+            figures = limits_bench.limits(ctx, sqlite, os.environ.get("REDIS_URL"),
+                                          server=args.server, workers=args.workers,
+                                          threads=threads)
+            pg = harness.postgres() if os.environ.get("BENCH_LIMITS_PG", "1") != "0" else None
+            if pg is not None:  # the same on PostgreSQL, its own gateways
+                pg_gateway = harness.start_gateway(pg, server=args.server,
+                                                   workers=args.workers, threads=threads,
+                                                   name="gateway-limits-pg")
+                try:
+                    scenarios.check_contract(ctx, pg_gateway)
+                    pg_ctx = scenarios.Context(harness, pg_gateway, params)
+                    figures["postgres"] = limits_bench.limits(
+                        pg_ctx, pg, os.environ.get("REDIS_URL"), server=args.server,
+                        workers=args.workers, threads=threads)
+                finally:
+                    harness.stop_gateway(pg_gateway)
+            return figures
 
         run("limits", limits_)
         run("databases", dbs)
