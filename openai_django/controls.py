@@ -374,9 +374,25 @@ def call_ended(sender, call, **kwargs):
 
 def sweep():
     """Housekeeping run with the sweep of stale calls: reservations left behind, past
-    windows of the database rate-limit backend. Returns counts."""
-    return {"reservations": budgets.sweep_reservations(),
-            "rate_windows": limits.purge_old_windows()}
+    windows of the database rate-limit backend. Returns counts (never raises)."""
+    try:
+        return {"reservations": budgets.sweep_reservations(),
+                "rate_windows": limits.purge_old_windows()}
+    except Exception:
+        logger.exception("The sweep of budget reservations and rate windows failed")
+        return {}
+
+
+def check_settings(app_configs=None, **kwargs):
+    """System check: the rate-limit backend can be built (``openai_django.E010``)."""
+    from django.core.checks import Error
+    from django.core.exceptions import ImproperlyConfigured
+
+    try:
+        limits.get_backend()  # builds no connection: a Redis client connects when used
+    except ImproperlyConfigured as exc:
+        return [Error(str(exc), id="openai_django.E010")]
+    return []
 
 
 # -- the Python API ------------------------------------------------------------------------
@@ -462,8 +478,11 @@ def spend(subject):
 
 
 def _connect():
+    from django.core import checks
+
     from openai_django.signals import call_failed, call_finished
 
+    checks.register(check_settings, "openai_django")
     call_finished.connect(call_ended, dispatch_uid="openai_django.controls.call_ended")
     call_failed.connect(call_ended, dispatch_uid="openai_django.controls.call_failed")
 

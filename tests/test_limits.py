@@ -309,3 +309,12 @@ def test_a_call_refused_by_its_budget_is_not_counted_by_the_rate_limit(http, ups
     assert remaining in (8, 9)  # 9: a new minute began in between
     assert remaining == 8 or again.headers["x-ratelimit-reset-requests"] != \
         first.headers["x-ratelimit-reset-requests"]
+
+
+def test_system_check_of_the_backend(settings):
+    settings.OPENAI_DJANGO = {**settings.OPENAI_DJANGO, "RATE_LIMIT_BACKEND": "redis"}
+    assert [e.id for e in controls.check_settings()] == ["openai_django.E010"]
+    settings.OPENAI_DJANGO = {**settings.OPENAI_DJANGO, "RATE_LIMIT_BACKEND": "memcached"}
+    assert [e.id for e in controls.check_settings()] == ["openai_django.E010"]
+    settings.OPENAI_DJANGO = {**settings.OPENAI_DJANGO, "RATE_LIMIT_BACKEND": None}
+    assert controls.check_settings() == []
