@@ -411,6 +411,8 @@ class Harness:
         name = name or f"{server}-{db.kind}-{'rec' if record else 'norec'}-{port}"
         extra = {"OPENAI_DJANGO_RECORD": "1" if record else "0",
                  "OPENAI_DJANGO_WRITER": os.environ.get("BENCH_WRITER", "1"), **(env or {})}
+        if os.environ.get("BENCH_METRICS"):  # the metrics on (PROMETHEUS_MULTIPROC_DIR passes)
+            extra.setdefault("OPENAI_DJANGO_METRICS_TOKEN", "bench-metrics-token")
         command = (SERVER_COMMANDS[server](port, workers, threads, fd=listener.fileno())
                    if listener else SERVER_COMMANDS[server](port, workers, threads))
         gateway = Server(name=name, cmd=command, env=self.django_env(db, **extra), port=port,

@@ -13,6 +13,7 @@ class OpenAIDjangoConfig(AppConfig):
             checks,
             controls,
             handlers,
+            metrics,
             recovery,
             retention,
         )

@@ -122,7 +122,8 @@ DEFAULTS = {
     # Re-queue queued calls whose message was lost (the filesystem broker loses a dead worker's
     # reserved messages) after this many seconds past due; None = never.
     "STALE_QUEUED_AFTER": None,
-    # Prices in USD per 1,000 tokens (input, output) or per image / per audio minute.
+    # The site's prices, over genai-prices' (pricing.py): per model name or "prefix*", USD per
+    # 1,000 tokens ("input", "output", "cached_input") or "image" / "minute" / "characters".
     "PRICES": None,
     # Budgets and rate limits (controls.py; set in the admin, manage.py openai_limits or
     # openai_django.set_budget/set_rate_limit). False: none is checked (a kill switch).
@@ -134,6 +135,9 @@ DEFAULTS = {
     # Output tokens assumed for a call that sets no max_tokens/max_completion_tokens/
     # max_output_tokens, in the estimate counted before the call (tokens per minute, budgets).
     "ESTIMATED_OUTPUT_TOKENS": 256,
+    # Prometheus metrics at /metrics (metrics.py): None = off (nothing counted, 404); a dict
+    # {"TOKEN": "<bearer token>" or a list, "STAFF": True, "PUBLIC": False} says who may read.
+    "METRICS": None,
     # How many recent calls the REST log returns at most per page.
     "LOG_PAGE_MAX": 100,
 }

@@ -10,7 +10,7 @@ import asyncio
 from django.db import transaction
 from django.urls import path, re_path
 
-from openai_django import views
+from openai_django import metrics, views
 from openai_django.conf import app_settings
 from openai_django.spec import get_registry
 
@@ -64,6 +64,7 @@ urlpatterns = [
     path("v1/calls/<str:call_id>/cancel", _view(views.CallCancelView), name="call-cancel"),
     path("v1/calls/<str:call_id>/artifacts/<str:artifact_id>", _view(views.ArtifactContentView),
          name="call-artifact"),
+    path("metrics", metrics.metrics_view, name="metrics"),  # Prometheus; off unless METRICS
     *_operation_patterns(),
     re_path(r"^v1/", _view(PASSTHROUGH_VIEW), name="passthrough"),
 ]

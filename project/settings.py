@@ -181,6 +181,11 @@ OPENAI_DJANGO = {
     "RATE_LIMIT_REDIS_URL": os.environ.get("OPENAI_DJANGO_RATE_LIMIT_REDIS_URL") or None,
     "RATE_LIMIT_BACKEND": os.environ.get("OPENAI_DJANGO_RATE_LIMIT_BACKEND") or None,
 }
+# OPENAI_DJANGO_METRICS_TOKEN=<token>: Prometheus metrics at /metrics for that bearer token (and
+# staff sessions); unset: off.
+if os.environ.get("OPENAI_DJANGO_METRICS_TOKEN"):
+    OPENAI_DJANGO["METRICS"] = {"TOKEN": os.environ["OPENAI_DJANGO_METRICS_TOKEN"],
+                                "STAFF": True}
 OPENAI_DJANGO_STANDIN = env_bool("OPENAI_DJANGO_STANDIN", False)
 
 REST_FRAMEWORK = {

@@ -5,12 +5,10 @@ import logging
 from django.db import transaction
 
 from openai_django.models import Call
+from openai_django.repricing import COST_FIELDS  # what estimate_cost reads of a call
 
 logger = logging.getLogger("openai_django.admin")
 
-# What estimate_cost reads of a call (the bodies only for image counts and audio durations).
-COST_FIELDS = ("id", "created", "operation", "model", "status", "prompt_tokens",
-               "completion_tokens", "total_tokens", "cost_usd", "request_body", "response_body")
 BATCH = 1000
 
 
