@@ -318,3 +318,29 @@ def test_system_check_of_the_backend(settings):
     assert [e.id for e in controls.check_settings()] == ["openai_django.E010"]
     settings.OPENAI_DJANGO = {**settings.OPENAI_DJANGO, "RATE_LIMIT_BACKEND": None}
     assert controls.check_settings() == []
+
+
+def test_refusals_are_counted_by_the_prometheus_metrics(http, upstream, api_key, user,
+                                                         live_server, settings):
+    """Real refusals (not simulated): one over a rate limit, one over a budget."""
+    from collections import Counter
+
+    from tests.test_metrics import delta, enable, scrape
+
+    enable(settings)
+    url = live_server.url + "/metrics"
+    before = scrape(url)
+    openai_django.set_rate_limit(key_of(api_key), requests_per_minute=1)
+    openai_django.set_budget(user, daily_tokens=10_000)
+    assert http.post(f"{http.base}/chat/completions", json=CHAT).status_code == 200
+    assert http.post(f"{http.base}/chat/completions", json=CHAT).json()["error"]["code"] == \
+        "rate_limit_exceeded"
+    openai_django.set_rate_limit(key_of(api_key), requests_per_minute=None)
+    BudgetWindow.objects.update(spent_tokens=10_000)
+    assert http.post(f"{http.base}/chat/completions", json=CHAT).json()["error"]["code"] == \
+        "insufficient_quota"
+    refusals = Counter()
+    for (name, labels), value in delta(scrape(url), before).items():
+        if name == "openai_django_refusals_total":
+            refusals[dict(labels)["reason"]] += value
+    assert refusals == {"budget": 1, "rate_limit": 1}
