@@ -93,7 +93,8 @@ def limits(ctx, db, redis_url=None, *, server="granian-wsgi", workers=2, threads
             for label, url, script in targets:
                 c64[label].append(run_wrk(url, script, connections=p.throughput_connections,
                                           seconds=p.throughput_seconds))
-        figures = {"modes": list(gateways), "rounds": p.rounds}
+        figures = {"modes": list(gateways), "rounds": p.rounds,
+                   "connections": p.throughput_connections}
         for label in c1:
             figures[f"{label}_p50_ms"] = _median([r.p50_ms for r in c1[label]])
             figures[f"{label}_p99_ms"] = _median([r.p99_ms for r in c1[label]])

@@ -361,13 +361,14 @@ def call_ended(sender, call, **kwargs):
         correct = bool(admission.limits) and not admission.background \
             and tokens != admission.tokens
         backend = limits.get_backend() if correct else None
-        # The database backend's correction commits with the settlement.
+        # The database backend's correction commits with the settlement; rate rows are
+        # locked before budget rows, in the same order as admit() (no deadlock between them).
         with transaction.atomic() if admission.held and correct and isinstance(
                 backend, limits.DatabaseBackend) else nullcontext():
-            if admission.held:
-                budgets.settle(admission.held, call.cost_usd or 0, tokens)
             if correct:
                 backend.correct(admission.limits, admission.window, tokens - admission.tokens)
+            if admission.held:
+                budgets.settle(admission.held, call.cost_usd or 0, tokens)
     except Exception:
         logger.exception("Could not charge call %s to its budgets", call.pk)
 

@@ -300,12 +300,12 @@ class DatabaseBackend:
     def _add(self, limits, window, requests, tokens):
         _, table = self._table()
         quote = connection.ops.quote_name
-        keys = [limit.key for limit in limits]
-        marks = ", ".join(["%s"] * len(keys))
+        sql = (f"UPDATE {table} SET requests = requests + %s, tokens = tokens + %s "
+               f"WHERE {quote('key')} = %s AND {quote('window')} = %s")
         with connection.cursor() as cursor:
-            cursor.execute(f"UPDATE {table} SET requests = requests + %s, tokens = tokens + %s "
-                           f"WHERE {quote('key')} IN ({marks}) AND {quote('window')} = %s",
-                           [requests, tokens, *keys, window])
+            # One row at a time, in the order check() locks them (no deadlock between them).
+            for key in sorted(limit.key for limit in limits):
+                cursor.execute(sql, [requests, tokens, key, window])
 
     def correct(self, limits, window, delta):
         if delta:
