@@ -135,6 +135,10 @@ DEFAULTS = {
     # Output tokens assumed for a call that sets no max_tokens/max_completion_tokens/
     # max_output_tokens, in the estimate counted before the call (tokens per minute, budgets).
     "ESTIMATED_OUTPUT_TOKENS": 256,
+    # Seconds a process keeps the list of which keys, users and groups have an allowance at
+    # all, so calls of the others cost no query; a subject given its first allowance by
+    # another process is checked within this delay (0: look up every call).
+    "LIMITS_CACHE_SECONDS": 1.0,
     # Prometheus metrics at /metrics (metrics.py): None = off (nothing counted, 404); a dict
     # {"TOKEN": "<bearer token>" or a list, "STAFF": True, "PUBLIC": False} says who may read.
     "METRICS": None,

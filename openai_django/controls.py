@@ -26,6 +26,8 @@ price table applied to those tokens.
 
 import logging
 import math
+import threading
+import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -165,9 +167,61 @@ LOOKUP_FIELDS = ("id", "api_key_id", "user_id", "group_id", "requests_per_minute
                  "monthly_tokens", "total_usd", "total_tokens")
 
 
-def allowances_for(user=None, api_key=None):
+class _Subjects:
+    """Which keys, users and groups have an allowance at all, kept per process for
+    ``LIMITS_CACHE_SECONDS`` (one small query a second instead of a lookup a call): a call of
+    a key and user that have none, and whose user may be in no group that has one, costs
+    nothing. What an allowance *says* is always read at the call; only a subject that had no
+    allowance and gets one from another process waits up to that long to be checked (this
+    process's own saves apply at once)."""
+
+    MAX = 10_000  # more subjects than this: every call is looked up
+
+    def __init__(self):
+        self.at = None
+        self.keys = self.users = frozenset()
+        self.groups = self.everyone = False
+        self.lock = threading.Lock()
+
+    def forget(self, **kwargs):
+        self.at = None
+
+    def refresh(self):
+        from django.db import connection
+
+        from openai_django.models import Allowance
+
+        table = connection.ops.quote_name(Allowance._meta.db_table)
+        with connection.cursor() as cursor:
+            cursor.execute(f"SELECT api_key_id, user_id, group_id FROM {table}")
+            rows = cursor.fetchmany(self.MAX + 1)
+        self.everyone = len(rows) > self.MAX
+        self.keys = frozenset(r[0] for r in rows if r[0] is not None)
+        self.users = frozenset(r[1] for r in rows if r[1] is not None)
+        self.groups = any(r[2] is not None for r in rows)
+
+    def might_apply(self, key_id, user_id):
+        ttl = app_settings.LIMITS_CACHE_SECONDS
+        if not ttl:
+            return True
+        now = time.monotonic()
+        if self.at is None or now - self.at > ttl:
+            with self.lock:
+                if self.at is None or now - self.at > ttl:
+                    stamp = time.monotonic()
+                    self.refresh()
+                    self.at = stamp
+        return self.everyone or key_id in self.keys or user_id in self.users or (
+            self.groups and user_id is not None)
+
+
+subjects = _Subjects()
+
+
+def allowances_for(user=None, api_key=None, *, cached=False):
     """The allowances that apply to a call of ``api_key`` / ``user``: the key's, the
-    user's and those of the user's groups (one query on the hot path, no ORM compiling)."""
+    user's and those of the user's groups (one query, no ORM compiling; with ``cached``,
+    none when :data:`subjects` says nothing can apply)."""
     from django.db import connection
 
     from openai_django.models import Allowance
@@ -175,6 +229,8 @@ def allowances_for(user=None, api_key=None):
     key_id = getattr(api_key, "pk", None)
     user_id = getattr(user, "pk", None)
     if key_id is None and user_id is None:
+        return []
+    if cached and not subjects.might_apply(key_id, user_id):
         return []
     sql, groups = _lookup_sql()
     params = [key_id, user_id] + ([user_id] if groups else [])
@@ -230,7 +286,7 @@ def admit(invocation):
 
     if not app_settings.LIMITS:
         return None
-    rows = allowances_for(invocation.user, invocation.api_key)
+    rows = allowances_for(invocation.user, invocation.api_key, cached=True)
     if not rows:
         return None
     rate = [limits.Limit(_key(a), _label(a), a.requests_per_minute, a.tokens_per_minute)
@@ -484,6 +540,14 @@ def _connect():
     from openai_django.signals import call_failed, call_finished
 
     checks.register(check_settings, "openai_django")
+    from django.core.signals import setting_changed
+    from django.db.models.signals import post_delete, post_save
+
+    from openai_django.models import Allowance
+
+    post_save.connect(subjects.forget, sender=Allowance, dispatch_uid="od_allowance_saved")
+    post_delete.connect(subjects.forget, sender=Allowance, dispatch_uid="od_allowance_deleted")
+    setting_changed.connect(subjects.forget, dispatch_uid="od_allowance_settings")
     call_finished.connect(call_ended, dispatch_uid="openai_django.controls.call_ended")
     call_failed.connect(call_ended, dispatch_uid="openai_django.controls.call_failed")
 

@@ -48,6 +48,17 @@ def backend(request, settings):
     return request.param
 
 
+@pytest.fixture
+def same_minute():
+    """Rate limits count per clock minute: a test that expects several calls in one window
+    starts more than 15 s before the minute ends."""
+    import time
+
+    into = time.time() % 60
+    if into > 45:
+        time.sleep(60 - into + 0.2)
+
+
 def test_duration_format():
     assert limits.duration(0.02) == "20ms"
     assert limits.duration(1) == "1s"
@@ -57,7 +68,8 @@ def test_duration_format():
     assert limits.duration(3725) == "1h2m5s"
 
 
-def test_requests_per_minute_refused_with_openai_shape(http, upstream, api_key, backend):
+def test_requests_per_minute_refused_with_openai_shape(same_minute, http, upstream, api_key,
+                                                       backend):
     openai_django.set_rate_limit(key_of(api_key), requests_per_minute=2)
     first = http.post(f"{http.base}/chat/completions", json=CHAT)
     second = http.post(f"{http.base}/chat/completions", json=CHAT)
@@ -85,7 +97,7 @@ def test_requests_per_minute_refused_with_openai_shape(http, upstream, api_key, 
     assert chat_requests(upstream) == []
 
 
-def test_tokens_per_minute_estimate_then_real_usage(http, upstream, api_key, backend):
+def test_tokens_per_minute_estimate_then_real_usage(same_minute, http, upstream, api_key, backend):
     key = key_of(api_key)
     openai_django.set_rate_limit(key, tokens_per_minute=1000)
     response = http.post(f"{http.base}/chat/completions", json=CHAT)
@@ -109,7 +121,7 @@ def test_tokens_per_minute_estimate_then_real_usage(http, upstream, api_key, bac
     assert chat_requests(upstream) == []
 
 
-def test_group_limit_is_shared_by_members(http, upstream, api_key, user, other_api_key,
+def test_group_limit_is_shared_by_members(same_minute, http, upstream, api_key, user, other_api_key,
                                           other_user, gateway, backend):
     import requests
 
@@ -236,7 +248,7 @@ def test_background_call_checked_at_submit_and_charged_by_worker(user, upstream,
         current_app.conf.task_always_eager = False
 
 
-def test_python_api_refusal_raises(user, upstream):
+def test_python_api_refusal_raises(same_minute, user, upstream):
     openai_django.set_rate_limit(user, requests_per_minute=1)
     openai_django.create("createChatCompletion", user=user, **CHAT)
     with pytest.raises(controls.RateLimited) as info:
@@ -293,7 +305,8 @@ def test_rate_window_rows_purged(settings):
     assert limits.purge_old_windows() == 1
 
 
-def test_a_call_refused_by_its_budget_is_not_counted_by_the_rate_limit(http, upstream, api_key,
+def test_a_call_refused_by_its_budget_is_not_counted_by_the_rate_limit(same_minute, http,
+                                                                       upstream, api_key,
                                                                        user, backend):
     openai_django.set_rate_limit(user, requests_per_minute=10)
     openai_django.set_budget(user, daily_tokens=10_000)
@@ -320,7 +333,7 @@ def test_system_check_of_the_backend(settings):
     assert controls.check_settings() == []
 
 
-def test_refusals_are_counted_by_the_prometheus_metrics(http, upstream, api_key, user,
+def test_refusals_are_counted_by_the_prometheus_metrics(same_minute, http, upstream, api_key, user,
                                                          live_server, settings):
     """Real refusals (not simulated): one over a rate limit, one over a budget."""
     from collections import Counter
@@ -344,3 +357,28 @@ def test_refusals_are_counted_by_the_prometheus_metrics(http, upstream, api_key,
         if name == "openai_django_refusals_total":
             refusals[dict(labels)["reason"]] += value
     assert refusals == {"budget": 1, "rate_limit": 1}
+
+
+def test_a_first_allowance_from_another_process_applies_within_the_cache_delay(
+        http, upstream, user, settings):
+    import time
+
+    from django.db import connection
+
+    settings.OPENAI_DJANGO = {**settings.OPENAI_DJANGO, "LIMITS_CACHE_SECONDS": 0.5}
+    assert http.post(f"{http.base}/chat/completions", json=CHAT).status_code == 200
+    # Written behind this process's back (no signal), as another process would.
+    table = connection.ops.quote_name(Allowance._meta.db_table)
+    with connection.cursor() as cursor:
+        cursor.execute(f"INSERT INTO {table} (user_id, requests_per_minute, updated) "
+                       f"VALUES (%s, 0, %s)", [user.pk, connection.ops.adapt_datetimefield_value(
+                           datetime.datetime.now(datetime.timezone.utc))])
+    time.sleep(0.6)
+    refused = http.post(f"{http.base}/chat/completions", json=CHAT)
+    assert refused.status_code == 429 and refused.json()["error"]["code"] == \
+        "rate_limit_exceeded"
+    # A save in this process applies at once (the list is forgotten on save).
+    Allowance.objects.filter(user=user).delete()
+    assert http.post(f"{http.base}/chat/completions", json=CHAT).status_code == 200
+    openai_django.set_rate_limit(user, requests_per_minute=0)
+    assert http.post(f"{http.base}/chat/completions", json=CHAT).status_code == 429
