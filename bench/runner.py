@@ -8,6 +8,7 @@ one run, on this machine: see ``bench/README.md`` for what each figure means and
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import logging
@@ -33,7 +34,7 @@ log = logging.getLogger("bench")
 
 ALL = ["latency", "responses", "throughput", "streaming", "slow_streams", "large_bodies",
        "asgi_latency", "asgi_throughput", "asgi_streaming", "databases", "celery", "admin",
-       "serving", "soak", "upstreams"]
+       "serving", "soak", "upstreams", "limits"]
 QUICK = ["latency", "responses", "throughput", "streaming", "slow_streams", "large_bodies",
          "asgi_latency", "asgi_throughput", "asgi_streaming"]
 ASGI_SCENARIOS = ("asgi_latency", "asgi_throughput", "asgi_streaming")
@@ -234,6 +235,33 @@ def table(results):
             x["single_p50_ms"], x["fallback_added_p50_ms"])
         row(title, "route CPU (us): one, ten warm, ten cold", x["route_single_us"],
             x["route_warm_us"], x["route_cold_us"])
+    if "limits" in s:
+        x = s["limits"]
+        row("12 limits c=1", "p50 (ms), LIMITS off (direct, added)", x["off_p50_ms"],
+            x["direct_p50_ms"], None)
+        row("12 limits c=1", "p50 (ms), no allowance: the lookup (added vs off)",
+            x["baseline_p50_ms"], None, x["lookup_added_p50_ms"])
+        for mode in x["modes"]:
+            row("12 limits c=1", f"p50 / p99 (ms), budgets + limits, {mode} (added vs off)",
+                f"{fmt(x[f'limits_{mode}_p50_ms'])} / {fmt(x[f'limits_{mode}_p99_ms'])}",
+                None, f"{fmt(x[f'added_p50_ms_{mode}'])} / {fmt(x[f'added_p99_ms_{mode}'])}")
+            row(f"12 limits c={x['connections']}", f"req/s, {mode} (off; ratio to off)",
+                x[f"limits_{mode}_rps_c64"], x["off_rps_c64"], x[f"rps_ratio_c64_{mode}"])
+    for where, x in (("", s.get("limits")), (" PostgreSQL", (s.get("limits") or {}).get(
+            "postgres"))):
+        if isinstance(x, dict):
+            row(f"12 limits{where}", "errors: off / no allowance / " + " / ".join(x["modes"]),
+                " / ".join(str(x[f"{label}_errors"]) for label in
+                           ["off", "baseline", *[f"limits_{m}" for m in x["modes"]]]))
+    if isinstance(s.get("limits", {}).get("postgres"), dict):
+        x = s["limits"]["postgres"]
+        for mode in x["modes"]:
+            row("12 limits PostgreSQL c=1",
+                f"p50 / p99 (ms), budgets + limits, {mode} (added vs off)",
+                f"{fmt(x[f'limits_{mode}_p50_ms'])} / {fmt(x[f'limits_{mode}_p99_ms'])}",
+                None, f"{fmt(x[f'added_p50_ms_{mode}'])} / {fmt(x[f'added_p99_ms_{mode}'])}")
+            row(f"12 limits PostgreSQL c={x['connections']}", f"req/s, {mode} (off; ratio to off)",
+                x[f"limits_{mode}_rps_c64"], x["off_rps_c64"], x[f"rps_ratio_c64_{mode}"])
     if "large_bodies" in s:
         for name, x in s["large_bodies"].items():
             if not isinstance(x, dict):
@@ -455,6 +483,32 @@ def main(argv=None):
             if started_gateway is not gateway:
                 harness.stop_gateway(started_gateway)
 
+        def limits_():  # budgets and rate limits on the hot path (bench/limits_bench.py)
+            from bench import limits_bench
+
+            figures = limits_bench.limits(ctx, sqlite, os.environ.get("REDIS_URL"),
+                                          server=args.server, workers=args.workers,
+                                          threads=threads)
+            pg = harness.postgres() if os.environ.get("BENCH_LIMITS_PG", "1") != "0" else None
+            if pg is not None:  # the same on PostgreSQL, its own gateways
+                pg_gateway = harness.start_gateway(pg, server=args.server,
+                                                   workers=args.workers, threads=threads,
+                                                   name="gateway-limits-pg")
+                try:
+                    scenarios.check_contract(ctx, pg_gateway)
+                    # Four gateways at once on one server: c=32 keeps their kept connections
+                    # (one per busy thread) under PostgreSQL's max_connections (c=64: errors).
+                    pg_params = dataclasses.replace(params, throughput_connections=min(
+                        32, params.throughput_connections))
+                    pg_ctx = scenarios.Context(harness, pg_gateway, pg_params)
+                    figures["postgres"] = limits_bench.limits(
+                        pg_ctx, pg, os.environ.get("REDIS_URL"), server=args.server,
+                        workers=args.workers, threads=threads)
+                finally:
+                    harness.stop_gateway(pg_gateway)
+            return figures
+
+        run("limits", limits_)
         run("databases", dbs)
         run("celery", lambda: scenarios.external(ctx, "celery_bench", sqlite,
                                                  ["--quick"] if args.quick else []))

@@ -7,11 +7,14 @@ class OpenAIDjangoConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self):
+        import sys
+
         from django.db.models.signals import post_migrate
 
         from openai_django import (  # noqa: F401 - registers checks/receivers
             access,
             checks,
+            controls,
             handlers,
             metrics,
             policy,
@@ -22,3 +25,11 @@ class OpenAIDjangoConfig(AppConfig):
 
         post_migrate.connect(tagging.ensure_sqlite_trigger, sender=self,
                              dispatch_uid="openai_django.tagging.sqlite_trigger")
+        if "openai_django.admin" in sys.modules:
+            # The admins were autodiscovered before this app was ready: a user admin
+            # registered after ours gets the budget inline now (admin/allowances.py).
+            from django.contrib import admin
+
+            from openai_django.admin.allowances import extend_user_admins
+
+            extend_user_admins(admin.site)

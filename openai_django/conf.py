@@ -175,6 +175,20 @@ DEFAULTS = {
     # The site's prices, over genai-prices' (pricing.py): per model name or "prefix*", USD per
     # 1,000 tokens ("input", "output", "cached_input") or "image" / "minute" / "characters".
     "PRICES": None,
+    # Budgets and rate limits (controls.py; set in the admin, manage.py openai_limits or
+    # openai_django.set_budget/set_rate_limit). False: none is checked (a kill switch).
+    "LIMITS": True,
+    # Where rate-limit counters live: "redis", "db" (a counter table), or None: Redis when
+    # RATE_LIMIT_REDIS_URL is set, else the database. Budgets are always in the database.
+    "RATE_LIMIT_BACKEND": None,
+    "RATE_LIMIT_REDIS_URL": None,
+    # Output tokens assumed for a call that sets no max_tokens/max_completion_tokens/
+    # max_output_tokens, in the estimate counted before the call (tokens per minute, budgets).
+    "ESTIMATED_OUTPUT_TOKENS": 256,
+    # Seconds a process keeps the list of which keys, users and groups have an allowance at
+    # all, so calls of the others cost no query; a subject given its first allowance by
+    # another process is checked within this delay (0: look up every call).
+    "LIMITS_CACHE_SECONDS": 1.0,
     # Prometheus metrics at /metrics (metrics.py): None = off (nothing counted, 404); a dict
     # {"TOKEN": "<bearer token>" or a list, "STAFF": True, "PUBLIC": False} says who may read.
     "METRICS": None,

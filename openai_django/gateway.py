@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import orjson
 from django.db import IntegrityError, connections
 
-from openai_django import policy, recorder, upstreams
+from openai_django import controls, policy, recorder, upstreams
 from openai_django.conf import app_settings
 from openai_django.errors import (
     Conflict,
@@ -90,13 +90,19 @@ def begin(invocation):
     if existing is not None:
         return existing
     policy.check(invocation)  # the site's pre-call hook (BEFORE_CALL, signals.before_call)
+    # Budgets and rate limits (controls.py): a refusal is recorded and raised here.
+    admission = controls.admit(invocation)
     try:
         if invocation.mode == Call.Mode.ASYNC:
             from openai_django import tasks
 
-            return Result(tasks.submit_invocation(invocation), 202, {}, queued=True)
-        return recorder.start(invocation)
-    except IntegrityError as exc:
+            return Result(controls.attach(tasks.submit_invocation(invocation), admission),
+                          202, {}, queued=True)
+        return controls.attach(recorder.start(invocation), admission)
+    except BaseException as exc:
+        controls.release(admission)
+        if not isinstance(exc, IntegrityError):
+            raise
         # A concurrent request with the same Idempotency-Key won the insert.
         existing = _idempotent(invocation)
         if existing is None:
@@ -238,6 +244,7 @@ def _client_headers(response, call):
     keep = set(app_settings.RECORD_RESPONSE_HEADERS) | set(PASS_HEADERS)
     headers = {k: v for k, v in response.headers.items() if k in keep}
     headers["x-call-id"] = str(call.pk)
+    headers.update(controls.headers_of(call))  # the gateway's own x-ratelimit-* headers
     return headers
 
 

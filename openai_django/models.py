@@ -510,3 +510,12 @@ class UpstreamHealth(models.Model):
 
     def __str__(self):
         return self.name
+
+
+# Budgets and rate limits (openai_django/allowances.py), registered with the app's models.
+from openai_django.allowances import (  # noqa: E402, F401
+    Allowance,
+    BudgetReservation,
+    BudgetWindow,
+    RateWindow,
+)

@@ -61,6 +61,8 @@ def _new_call(invocation, status, bodies):
     op = invocation.operation
     now = timezone.now()
     return Call(
+        # A budget reservation (controls.py) is made before the row, for the id it will have.
+        **({"id": invocation.call_id} if getattr(invocation, "call_id", None) else {}),
         created=now,
         started_at=now if status != Call.Status.QUEUED else None,
         operation=op.id,

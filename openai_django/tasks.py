@@ -494,6 +494,9 @@ def sweep():
                 counts["lost"] += 1
     if app_settings.STALE_QUEUED_AFTER is not None:
         counts["requeued_queued"] = _sweep_queued(now)
+    from openai_django import controls
+
+    controls.sweep()  # budget reservations left behind, past rate-limit windows
     if any(counts.values()):
         logger.warning("Sweep of stale calls: %s", counts)
     return counts

@@ -177,6 +177,11 @@ OPENAI_DJANGO = {
     # Prompts are forgotten after 30 days, usage after a year: keeping them forever should be
     # a decision a site takes, not a default it inherits (check openai_django.W005).
     "RETENTION": {"bodies": 30, "artifacts": 30, "metadata": 365},
+    # OPENAI_DJANGO_LIMITS=0 checks no budget or rate limit (the bench's "off" baseline).
+    "LIMITS": env_bool("OPENAI_DJANGO_LIMITS", True),
+    # Rate-limit counters in Redis when this names one (else the database; bench/limits).
+    "RATE_LIMIT_REDIS_URL": os.environ.get("OPENAI_DJANGO_RATE_LIMIT_REDIS_URL") or None,
+    "RATE_LIMIT_BACKEND": os.environ.get("OPENAI_DJANGO_RATE_LIMIT_BACKEND") or None,
 }
 # OPENAI_DJANGO_METRICS_TOKEN=<token>: Prometheus metrics at /metrics for that bearer token (and
 # staff sessions); unset: off.

@@ -9,21 +9,31 @@ autodiscovers this module. A site with an ``AdminSite`` of its own mounts them w
 
 from django.contrib import admin
 
-from openai_django.models import APIKey, Call
+from openai_django.models import Allowance, APIKey, Call
 
+from .allowances import (
+    AllowanceAdmin,
+    AllowanceInline,
+    GroupAllowanceInline,
+    UserAllowanceInline,
+    extend_user_admins,
+)
 from .calls import CallAdmin
 from .keys import APIKeyAdmin
 
-__all__ = ["APIKeyAdmin", "CallAdmin", "register"]
+__all__ = ["APIKeyAdmin", "AllowanceAdmin", "AllowanceInline", "CallAdmin",
+           "GroupAllowanceInline", "UserAllowanceInline", "register"]
 
 
 def register(site=None):
     """Register the call and key admins on ``site`` (default: ``django.contrib.admin.site``);
     models already registered there are left as they are."""
     site = site or admin.site
-    for model, model_admin in ((Call, CallAdmin), (APIKey, APIKeyAdmin)):
+    for model, model_admin in ((Call, CallAdmin), (APIKey, APIKeyAdmin),
+                               (Allowance, AllowanceAdmin)):
         if not site.is_registered(model):
             site.register(model, model_admin)
+    extend_user_admins(site)  # budgets and rate limits on the user and group pages
     return site
 
 

@@ -60,10 +60,10 @@ class APIKeyAdmin(admin.ModelAdmin):
     ordering = ("-created",)
     actions = ("revoke_selected",)
     readonly_fields = ("masked_display", "user", "created", "last_used_at", "revoked_at",
-                       "calls_link")
+                       "calls_link", "budget_display")
     fieldsets = (
         (None, {"fields": ("masked_display", "name", "user")}),
-        (_("Limits"), {"fields": ("expires_at", "metadata_only")}),
+        (_("Limits"), {"fields": ("expires_at", "metadata_only", "budget_display")}),
         (_("History"), {"fields": ("created", "last_used_at", "revoked_at", "calls_link")}),
     )
     add_fieldsets = (
@@ -94,6 +94,20 @@ class APIKeyAdmin(admin.ModelAdmin):
             return format_html('<span class="od-status od-status-cancelled">{}</span>',
                                _("expired"))
         return format_html('<span class="od-status od-status-ok">{}</span>', _("active"))
+
+    @admin.display(description=_("budget this period"))
+    def budget_display(self, key):
+        from .allowances import key_budget_display
+
+        return key_budget_display(key)
+
+    def get_inlines(self, request, obj):
+        # Budgets and rate limits (allowances.py), once the key exists.
+        from .allowances import KeyAllowanceInline
+
+        if obj is None or KeyAllowanceInline.posted_without(request):
+            return []
+        return [KeyAllowanceInline]
 
     @admin.display(description=_("calls"))
     def calls_link(self, key):

@@ -354,7 +354,14 @@ class UsageMixin:
             timezone_name=str(timezone.get_current_timezone()),
             price_note=_price_note(),
             by_tag=self.tag_usage(start, end),  # TaggingMixin (admin/tagging.py)
+            budget_rows=_budget_rows(),
         ))
+
+
+def _budget_rows():
+    from .allowances import budget_rows
+
+    return budget_rows()
 
 
 def _price_note():
