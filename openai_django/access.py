@@ -23,30 +23,11 @@ import math
 from django.core import checks
 from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import setting_changed
-from django.utils.module_loading import import_string
 
 from openai_django.conf import app_settings
 from openai_django.errors import NO_KEY, AuthenticationFailed, PermissionDenied, Throttled
 
 _cache = {}
-
-
-def _import(value, name):
-    if value is None:
-        return ()
-    if isinstance(value, (str, type)):
-        value = [value]
-    classes = []
-    for item in value:
-        if isinstance(item, str):
-            try:
-                item = import_string(item)
-            except ImportError as exc:
-                raise ImproperlyConfigured(
-                    f"settings.OPENAI_DJANGO[{name!r}]: {item!r} could not be imported: "
-                    f"{exc}") from exc
-        classes.append(item)
-    return tuple(classes)
 
 
 def authentication_classes():
@@ -61,7 +42,7 @@ def authentication_classes():
     value = app_settings.AUTHENTICATION_CLASSES
     classes = None
     if value is not None:
-        classes = _import(value, "AUTHENTICATION_CLASSES")
+        classes = app_settings.imported("AUTHENTICATION_CLASSES")
         if not classes:
             raise ImproperlyConfigured(
                 "settings.OPENAI_DJANGO['AUTHENTICATION_CLASSES'] is empty: no caller could "
@@ -84,7 +65,7 @@ def throttle_classes():
 
         classes = tuple(api_settings.DEFAULT_THROTTLE_CLASSES)
     else:
-        classes = _import(value, "THROTTLE_CLASSES")
+        classes = app_settings.imported("THROTTLE_CLASSES")
     _cache["throttle"] = classes
     return classes
 

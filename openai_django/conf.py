@@ -254,6 +254,29 @@ class AppSettings:
         self._cache[name] = value
         return value
 
+    def imported(self, name):
+        """A setting that names things by dotted path, one or a list (or gives them as
+        objects), as a tuple of the things; ``None`` is an empty tuple. Not cached: the
+        modules that use one keep what they built from it."""
+        from django.utils.module_loading import import_string
+
+        value = getattr(self, name)
+        if value is None:
+            return ()
+        if isinstance(value, str) or callable(value):
+            value = [value]
+        items = []
+        for item in value:
+            if isinstance(item, str):
+                try:
+                    item = import_string(item)
+                except ImportError as exc:
+                    raise ImproperlyConfigured(
+                        f"settings.OPENAI_DJANGO[{name!r}]: {item!r} could not be imported: "
+                        f"{exc}") from exc
+            items.append(item)
+        return tuple(items)
+
     def unknown_keys(self):
         return sorted(set(self.user_settings) - set(self._defaults))
 

@@ -53,7 +53,6 @@ from functools import cached_property
 from django.core import checks
 from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import setting_changed
-from django.utils.module_loading import import_string
 
 from openai_django import recorder, signals
 from openai_django.conf import app_settings
@@ -214,20 +213,8 @@ def hooks():
     """The callables of ``BEFORE_CALL`` (an empty tuple: none)."""
     if _hooks_cache:
         return _hooks_cache[0]
-    value = app_settings.BEFORE_CALL
-    if value is None:
-        value = ()
-    elif isinstance(value, str) or callable(value):
-        value = (value,)
     resolved = []
-    for item in value:
-        if isinstance(item, str):
-            try:
-                item = import_string(item)
-            except ImportError as exc:
-                raise ImproperlyConfigured(
-                    f"settings.OPENAI_DJANGO['BEFORE_CALL']: {item!r} could not be imported: "
-                    f"{exc}") from exc
+    for item in app_settings.imported("BEFORE_CALL"):
         if not callable(item):
             raise ImproperlyConfigured(
                 f"settings.OPENAI_DJANGO['BEFORE_CALL']: {item!r} is not callable.")

@@ -654,15 +654,7 @@ def send(invocation, build):
                 response = _primed(response)
         except Exception as exc:
             response, error = None, exc
-        attempts.append(_entry(hop, started, response, error))
-        failed = error is not None or _retryable_status(response.status)
-        if isinstance(error, (UpstreamUnavailable, UpstreamTimeout)) or (
-                response is not None and failed):
-            breaker.failure(upstream.name, attempts[-1])
-        elif response is not None and breaker.failing(upstream.name):
-            breaker.success(upstream.name)
-        failed = failed or (search and response.status == 404)
-        if failed and not last and _may_fall_back(invocation, response, error, search):
+        if _go_on(invocation, hop, started, response, error, attempts, search, last):
             if response is not None:
                 _close(response)
             logger.info("Upstream %s failed (%s); trying %s", upstream.name,
@@ -673,6 +665,23 @@ def send(invocation, build):
             raise _tag(error, upstream.name, attempts)
         return _tag(response, upstream.name, attempts)
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _go_on(invocation, hop, started, response, error, attempts, search, last):
+    """After one hop of :func:`send` or :func:`asend`: its attempt recorded, the breaker
+    told, and whether the call goes on to the next hop."""
+    from openai_django.breaker import breaker
+
+    name = hop.upstream.name
+    attempts.append(_entry(hop, started, response, error))
+    failed = error is not None or _retryable_status(response.status)
+    if isinstance(error, (UpstreamUnavailable, UpstreamTimeout)) or (
+            response is not None and failed):
+        breaker.failure(name, attempts[-1])
+    elif response is not None and breaker.failing(name):
+        breaker.success(name)
+    failed = failed or (search and response.status == 404)
+    return failed and not last and _may_fall_back(invocation, response, error, search)
 
 
 async def asend(invocation, build):
@@ -713,15 +722,7 @@ async def asend(invocation, build):
                 response = await _aprimed(response)
         except Exception as exc:
             response, error = None, exc
-        attempts.append(_entry(hop, started, response, error))
-        failed = error is not None or _retryable_status(response.status)
-        if isinstance(error, (UpstreamUnavailable, UpstreamTimeout)) or (
-                response is not None and failed):
-            breaker.failure(upstream.name, attempts[-1])
-        elif response is not None and breaker.failing(upstream.name):
-            breaker.success(upstream.name)
-        failed = failed or (search and response.status == 404)
-        if failed and not last and _may_fall_back(invocation, response, error, search):
+        if _go_on(invocation, hop, started, response, error, attempts, search, last):
             if response is not None and response.raw is not None:
                 await response.raw.aclose()
             continue
