@@ -14,9 +14,13 @@ import time
 import uuid
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 CELERY = Path(sys.executable).with_name("celery")
 FOLDERS = ("out", "processed", "control")
+
+pytestmark = pytest.mark.once  # the demo's own SQLite and broker folders, in a temp dir
 
 
 def fresh_env(var_dir):

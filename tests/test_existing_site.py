@@ -13,7 +13,8 @@ import requests
 
 from .fixtures.existing_site import install_steps
 
-pytestmark = pytest.mark.slow
+# A site of its own (its own SQLite and media): the run's database and storage are not used.
+pytestmark = [pytest.mark.slow, pytest.mark.once]
 
 
 def test_install_doc_has_the_steps_the_test_runs():

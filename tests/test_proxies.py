@@ -27,7 +27,8 @@ from openai_django.errors import UpstreamUnavailable
 from openai_django.models import Call
 from openai_django.testing.proxy import ForwardProxy
 
-pytestmark = pytest.mark.django_db(transaction=True)
+# Proxies and TLS are the upstream side: the same on either database (run once).
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.once]
 
 HELLO = [{"role": "user", "content": "hello"}]
 IMAGE_HOST = "images.example.test"
