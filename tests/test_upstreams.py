@@ -325,3 +325,21 @@ def test_the_call_list_filters_by_upstream(http, many, admin_client):
     page = admin_client.get("/admin/openai_django/call/?upstream=~fallback").content.decode()
     assert str(fell_back.pk) in page and str(on_b.pk) not in page
     assert "after a fallback" in page
+
+
+def test_the_export_says_which_upstream_answered(http, many, admin_client):
+    import csv
+    import io
+    import json
+
+    many["a"].fault(path="/v1/chat/completions", kind="status", status=429, times=1)
+    fell_back = last_call(chat(http, "gpt-4o"))
+    response = admin_client.get("/admin/openai_django/call/export/", {"format": "csv"})
+    rows = {r["id"]: r for r in csv.DictReader(
+        io.StringIO(b"".join(response.streaming_content).decode()))}
+    row = rows[str(fell_back.pk)]
+    assert row["upstream"] == "b" and row["upstream_attempts"] == "a 429 -> b 200"
+    response = admin_client.get("/admin/openai_django/call/export/", {"format": "jsonl"})
+    records = [json.loads(line) for line in b"".join(response.streaming_content).splitlines()]
+    record = next(r for r in records if r["id"] == str(fell_back.pk))
+    assert record["upstream"] == "b"

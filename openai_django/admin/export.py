@@ -31,7 +31,7 @@ CSV_COLUMNS = ["id", "created", "finished_at", "operation", "model", "user", "ap
                "upstream_latency_ms", "first_byte_ms", "prompt_tokens", "completion_tokens",
                "total_tokens", "cost_usd", "replay_of", "upstream_request_id", "prompt",
                "output_text", "error", "tags", "session", "metadata", "feedback_score",
-               "feedback_comment"]
+               "feedback_comment", "upstream", "upstream_attempts"]
 # Never exported: the pending payload is the request as it is to be sent (unredacted).
 NOT_EXPORTED = ("payload",)
 CSV_DEFERRED = ("payload", "request_body", "response_body", "stream_events", "response_text",
@@ -45,6 +45,12 @@ def _iso(value):
 
 def _user(call):
     return call.user.get_username() if call.user_id and call.user is not None else ""
+
+
+def _attempts(attempts):
+    """A call's upstream attempts in one cell: "a 429 -> b 200" (empty with one upstream)."""
+    return " -> ".join(f"{a.get('upstream', '?')} {a.get('status') or a.get('outcome') or ''}"
+                       .strip() for a in attempts or ())
 
 
 def _csv_cell(value):
@@ -108,6 +114,7 @@ def csv_lines(queryset):
             call.session, orjson.dumps(call.metadata).decode() if call.metadata else "",
             feedback.score if feedback is not None else "",
             feedback.comment if feedback is not None else "",
+            call.upstream, _attempts(call.upstream_attempts),
         )])
         yield buffer.getvalue().encode()
 
