@@ -320,26 +320,29 @@ def parse_json(raw):
         raise InvalidRequest(f"We could not parse the JSON body of your request ({exc}). The "
                              f"OpenAI API expects a JSON payload.") from None
     try:
-        json.loads(raw, object_pairs_hook=_unique_keys)
-    except _DuplicateKey as exc:
+        json.loads(raw, object_pairs_hook=unique_keys)
+    except DuplicateKey as exc:
         raise InvalidRequest(f"The JSON body gives the key '{exc.key}' more than once; send "
                              f"each key once.", param=exc.key, code="duplicate_key") from None
     return body
 
 
-class _DuplicateKey(ValueError):
+class DuplicateKey(ValueError):
+    """A JSON object gave ``key`` twice (raised by :func:`unique_keys`)."""
+
     def __init__(self, key):
         super().__init__(key)
         self.key = key
 
 
-def _unique_keys(pairs):
+def unique_keys(pairs):
+    """``json.loads``'s ``object_pairs_hook`` that refuses a key given twice."""
     result = dict(pairs)
     if len(result) != len(pairs):
         seen = set()
         for key, _ in pairs:
             if key in seen:
-                raise _DuplicateKey(key)
+                raise DuplicateKey(key)
             seen.add(key)
     return result
 

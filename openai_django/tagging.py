@@ -98,21 +98,6 @@ def parse_tags(value, param=TAGS_HEADER):
     return tags
 
 
-class _Duplicate(ValueError):
-    pass
-
-
-def _pairs(pairs):
-    result = dict(pairs)
-    if len(result) != len(pairs):
-        seen = set()
-        for key, _value in pairs:
-            if key in seen:
-                raise _Duplicate(key)
-            seen.add(key)
-    return result
-
-
 def parse_metadata(value, param=METADATA_HEADER):
     """A flat metadata dict from a JSON text (the header) or a dict (the Python API)."""
     if value is None:
@@ -130,14 +115,17 @@ def parse_metadata(value, param=METADATA_HEADER):
         if len(raw) > limit:
             raise InvalidRequest(f"{param} is {len(raw)} bytes; at most {limit} are allowed.",
                                  param=param, code="invalid_metadata")
+        # The body's own duplicate-key check (invocation imports this module: not at the top).
+        from openai_django.invocation import DuplicateKey, unique_keys
+
         try:
             data = orjson.loads(raw)  # strict: no NaN, valid UTF-8
             if isinstance(data, dict) and len(_KEY_END.findall(raw)) != len(data):
                 # Every key ends with '"' and ':', so as many such ends as keys means no key
                 # came twice; otherwise (a repeat, or '":' inside a value) look properly.
-                json.loads(raw, object_pairs_hook=_pairs)
-        except _Duplicate as exc:
-            raise InvalidRequest(f"{param} gives the key {exc.args[0]!r} more than once.",
+                json.loads(raw, object_pairs_hook=unique_keys)
+        except DuplicateKey as exc:
+            raise InvalidRequest(f"{param} gives the key {exc.key!r} more than once.",
                                  param=param, code="invalid_metadata") from None
         except ValueError as exc:
             raise InvalidRequest(f"{param} is not valid JSON ({exc}).", param=param,
