@@ -110,7 +110,8 @@ def sse_blocks(chunks):
 
 def assert_paced(kind, label, times, gap=GAP):
     """Each event arrives ``gap`` after the one before, as the stand-in sent it (it sleeps
-    ``gap`` after each write), within :data:`TOLERANCE`: no event is held back and none is
+    ``gap`` after each write), within :data:`TOLERANCE` (the median gap; the worst within
+    twice that): no event is held back and none is
     coalesced with another (every event at an instant of its own). Measured gap to gap, so
     the stand-in's own drift over a stream (a sleep overshoots by ~0.1-1 ms) does not add up."""
     assert len(times) >= 4, f"{label}: only {len(times)} events"
@@ -124,7 +125,12 @@ def assert_paced(kind, label, times, gap=GAP):
           f"deviation {worst * 1000:.1f} ms, span {span * 1000:+.1f} ms, gaps ms "
           f"{[round(g * 1000) for g in gaps]}")
     assert instants == len(times), f"{label}: events coalesced, gaps {gaps}"
-    assert worst <= TOLERANCE, f"{label}: gaps {[round(g * 1000, 1) for g in gaps]} ms"
+    # The typical gap within the tolerance; one event may be late by up to twice it (a
+    # scheduling stall on a loaded 2-core box: 41 ms seen once with both test runs side by
+    # side), still far from the all-at-the-end of a drained stream that this guards against.
+    shown = [round(g * 1000, 1) for g in gaps]
+    assert sorted(deviations)[len(deviations) // 2] <= TOLERANCE, f"{label}: gaps {shown} ms"
+    assert worst <= TOLERANCE * 2, f"{label}: gaps {shown} ms"
     assert abs(span) <= TOLERANCE * 2, f"{label}: {span * 1000:.1f} ms off over the stream"
 
 
