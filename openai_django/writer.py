@@ -26,10 +26,16 @@ transaction. Enabled by ``OPENAI_DJANGO["WRITER"] = True``.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from dataclasses import dataclass
 
 from django.db import DatabaseError, connections, transaction
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; SQLite's own locking alone
+    fcntl = None
 
 logger = logging.getLogger("openai_django.writer")
 
@@ -42,7 +48,9 @@ class _Item:
     params: list
     kind: str  # "insert" statements run before "update" ones in a batch
     finished: bool = False
+    lead: bool = False  # handed the writing of the next batch
     error: BaseException | None = None
+    wake: object = None  # a held lock its thread waits on; released to wake it
 
 
 class Writer:
@@ -50,53 +58,101 @@ class Writer:
 
     def __init__(self, alias):
         self.alias = alias
-        self._cond = threading.Condition()
+        self._mutex = threading.Lock()
         self._pending = []
         self._writing = False
+        self._file_lock = None  # SQLite: the lock file shared by every process (see below)
 
     def submit(self, sql, params, *, kind):
         """Write one statement, batched with those of concurrent callers; returns once it is
-        committed, or raises its error."""
+        committed, or raises its error.
+
+        Each waiting thread sleeps on a lock of its own and is woken exactly once: when its
+        statement is committed, or when it is handed the next batch to write. (The first
+        version woke every waiting thread after every batch: at 32 threads a process, most
+        woke only to sleep again, and the wake-ups cost more CPU than the writes.)
+        """
         item = _Item(sql, params, kind)
-        cond = self._cond
-        with cond:
+        with self._mutex:
             self._pending.append(item)
-            while not item.finished:
-                if self._writing:
-                    cond.wait()
-                    continue
+            if self._writing:
+                item.wake = threading.Lock()
+                item.wake.acquire()
+            else:
                 self._writing = True
-                batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
-                cond.release()
-                try:
-                    self._write(batch)
-                except BaseException as exc:
-                    for other in batch:
-                        other.error = other.error or exc
-                finally:
-                    cond.acquire()
-                    for other in batch:
-                        other.finished = True
-                    self._writing = False
-                    cond.notify_all()
+                item.lead = True
+        if not item.lead:
+            item.wake.acquire()  # released by the leader: committed, or our turn to lead
+        if item.lead:
+            self._lead(item)
         if item.error is not None:
             raise item.error
         return item
 
+    def _lead(self, item):
+        """Write one batch (``item``'s own statement is its first), wake its callers and hand
+        the next batch, if any is waiting, to the oldest waiter."""
+        with self._mutex:
+            batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
+        try:
+            self._write(batch)
+        except BaseException as exc:
+            for other in batch:
+                other.error = other.error or exc
+        with self._mutex:
+            for other in batch:
+                other.finished = True
+            following = self._pending[0] if self._pending else None
+            if following is None:
+                self._writing = False
+            else:
+                following.lead = True
+        for other in batch:
+            if other is not item:
+                other.wake.release()
+        if following is not None:
+            following.wake.release()
+
     def _write(self, batch):
         conn = connections[self.alias]
+        with self._cross_process_lock(conn):
+            self._write_batch(conn, batch)
+
+    def _cross_process_lock(self, conn):
+        """SQLite: one writing process at a time, queued by the kernel.
+
+        SQLite has a single write lock per database. A process that finds it taken sleeps in
+        SQLite's busy handler, 1, 2, 5, 10 ... 100 ms at a time, and everything queued behind
+        its batch waits too: with two worker processes at 64 concurrent calls that was the
+        whole tail (p99 1.3 s against a p50 of 76 ms). An ``flock`` on a file beside the
+        database is taken instead before each batch: a waiting process blocks in the kernel
+        and wakes the moment the other releases it. The kernel drops the lock of a process
+        that dies (``kill -9``), and SQLite rolls back its unfinished transaction, whose
+        callers had not asked the upstream yet (they wait for the commit). Writers outside
+        the writer (the admin, a Celery worker without ``WRITER``) still use SQLite's own
+        locking with its busy timeout.
+        """
+        lock = self._file_lock
+        # Opened anew in a forked child (an inherited descriptor shares the parent's lock)
+        # and when the database's name changed (a test database).
+        if lock is None or lock.key != (os.getpid(), conn.settings_dict.get("NAME")):
+            if lock is not None:
+                lock.close()
+            lock = self._file_lock = _FileLock.for_connection(conn)
+        return lock
+
+    def _write_batch(self, conn, batch):
         if len(batch) == 1:
             item = batch[0]
             try:
-                with conn.cursor() as cursor:
-                    cursor.execute(item.sql, item.params)
+                execute(conn, item.sql, item.params)
             except BaseException as exc:
                 item.error = exc
             return
         try:
-            with transaction.atomic(using=self.alias), conn.cursor() as cursor:
+            with transaction.atomic(using=self.alias):
                 for group in _groups(batch):
-                    cursor.executemany(group[0].sql, [item.params for item in group])
+                    executemany(conn, group[0].sql, [item.params for item in group])
             return
         except DatabaseError:
             pass
@@ -104,10 +160,100 @@ class Writer:
         # one so that only its own caller gets the error.
         for item in sorted(batch, key=lambda i: i.kind != "insert"):
             try:
-                with conn.cursor() as cursor:
-                    cursor.execute(item.sql, item.params)
+                execute(conn, item.sql, item.params)
             except BaseException as exc:
                 item.error = exc
+
+
+class _FileLock:
+    """An exclusive ``flock`` on ``<database>.writer-lock`` held while a batch is written
+    (SQLite files only; elsewhere, and where the file cannot be made, a no-op)."""
+
+    def __init__(self, path, name=None):
+        self.path = path
+        self.key = (os.getpid(), name)
+        self.fd = None
+        if path is not None:
+            try:
+                self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            except OSError as exc:
+                logger.warning("writer: no cross-process lock (%s): %s", path, exc)
+
+    @classmethod
+    def for_connection(cls, conn):
+        name = conn.settings_dict.get("NAME")
+        path = str(name or "")
+        if (conn.vendor != "sqlite" or fcntl is None or not path or path == ":memory:"
+                or path.startswith("file:") or "mode=memory" in path):
+            return cls(None, name)
+        return cls(path + ".writer-lock", name)
+
+    def close(self):
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    def __enter__(self):
+        if self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc_info):
+        if self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+        return False
+
+
+def execute(conn, sql, params):
+    """``cursor.execute(sql, params)`` on ``conn`` (a Django connection); the row count.
+
+    On SQLite, when nothing observes the connection's queries (no ``DEBUG`` query log, no
+    ``execute_wrapper``, no ``assertNumQueries``), the statement goes straight to the
+    ``sqlite3`` connection with its placeholders converted once per statement, errors still
+    mapped to Django's. Django's cursor wrapper converts ``%s`` to ``?`` with a regular
+    expression on every execution: for the record's 58-column INSERT that was 80 of its 190
+    µs (measured with ``/tmp`` micro-benchmark, 2,000 executions, 2026-12-01).
+    """
+    if _direct(conn):
+        with conn.wrap_database_errors:
+            cursor = conn.connection.execute(_qmark(sql), params)
+            try:
+                return cursor.rowcount
+            finally:
+                cursor.close()
+    with conn.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.rowcount
+
+
+def executemany(conn, sql, param_list):
+    if _direct(conn):
+        with conn.wrap_database_errors:
+            conn.connection.executemany(_qmark(sql), param_list).close()
+        return
+    with conn.cursor() as cursor:
+        cursor.executemany(sql, param_list)
+
+
+def _direct(conn):
+    if conn.vendor != "sqlite" or conn.queries_logged or conn.execute_wrappers:
+        return False
+    if conn.connection is None:
+        conn.ensure_connection()
+    conn.validate_no_broken_transaction()
+    return True
+
+
+_QMARK = {}
+
+
+def _qmark(sql):
+    converted = _QMARK.get(sql)
+    if converted is None:
+        from django.db.backends.sqlite3.base import FORMAT_QMARK_REGEX
+
+        converted = _QMARK[sql] = FORMAT_QMARK_REGEX.sub("?", sql).replace("%%", "%")
+    return converted
 
 
 def _groups(batch):
