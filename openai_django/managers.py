@@ -34,6 +34,24 @@ def _converter(conn, field):
         plain = isinstance(field.target_field, (models.AutoField, models.BigAutoField,
                                                 models.IntegerField))
     no_nul = conn.vendor == "postgresql"
+    if (conn.vendor == "sqlite" and isinstance(field, models.JSONField)
+            and field.encoder is None
+            and type(field).get_prep_value is models.JSONField.get_prep_value
+            and type(field).get_db_prep_save is models.JSONField.get_db_prep_save):
+        def convert(value, field=field, conn=conn):
+            # The JSON text the ORM would store, with orjson (8-10x faster than json.dumps;
+            # the record's nine JSON columns cost 40 µs a call that way). Whitespace and
+            # the escaping of non-ASCII characters differ; the values read back are equal.
+            # Anything orjson does not take as json.dumps would goes the ORM's way.
+            if value is None:
+                return None
+            if type(value) in (dict, list):
+                try:
+                    return orjson.dumps(value, option=_ORJSON_OPTIONS).decode()
+                except (TypeError, orjson.JSONEncodeError):
+                    pass
+            return field.get_db_prep_save(value, connection=conn)
+        return convert
     if plain:
         def convert(value, field=field):
             if type(value) is str:
@@ -44,10 +62,20 @@ def _converter(conn, field):
     elif no_nul and isinstance(field, models.JSONField):
         def convert(value, field=field, conn=conn):
             return field.get_db_prep_save(without_nul(value), connection=conn)
+    elif field.get_db_prep_save(None, connection=conn) is None:
+        def convert(value, field=field, conn=conn):
+            return None if value is None else field.get_db_prep_save(value, connection=conn)
     else:
         def convert(value, field=field, conn=conn):
             return field.get_db_prep_save(value, connection=conn)
     return convert
+
+
+# Types orjson would serialise where json.dumps raises go to json.dumps (the ORM's way), so
+# that what the record accepts does not depend on the backend; keys that are not strings
+# become strings as json.dumps makes them.
+_ORJSON_OPTIONS = (orjson.OPT_NON_STR_KEYS | orjson.OPT_PASSTHROUGH_DATETIME
+                   | orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_SUBCLASS)
 
 
 def without_nul(value):
@@ -135,9 +163,7 @@ class CallManager(models.Manager.from_queryset(CallQuerySet)):
         if app_settings.WRITER and writer.usable(alias):
             writer.get_writer(alias).submit(sql, params, kind=kind)
             return None
-        with connections[alias].cursor() as cursor:
-            cursor.execute(sql, params)
-            return cursor.rowcount
+        return writer.execute(connections[alias], sql, params)
 
     def record_new(self, call):
         """``call.save(force_insert=True)`` as one prepared statement.
