@@ -11,7 +11,6 @@ import asyncio
 import base64
 import hashlib
 import io
-import itertools
 import json
 import math
 import os
@@ -310,8 +309,11 @@ def test_stream_events_arrive_separately_with_gap(server, http):
     assert [p for _, p in events][-1] == "[DONE]"
     times = [t for t, p in events if p != "[DONE]"]
     assert len(times) == 5
-    gaps = [b - a for a, b in itertools.pairwise(times)]
-    assert all(g >= 0.040 for g in gaps), gaps
+    # Event i is sent i x 50 ms after the first: it can arrive late (the client was not
+    # scheduled), never early. Late reading shortens the next gap, so the check is on the
+    # time since the first event, not on each gap.
+    since_first = [t - times[0] for t in times]
+    assert all(s >= 0.050 * i - 0.010 for i, s in enumerate(since_first)), since_first
     assert times[0] - start < 0.5
 
 
