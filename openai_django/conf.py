@@ -129,8 +129,13 @@ DEFAULTS = {
     "RECORD": True,
     # Group commit: concurrent calls' rows are written in shared transactions by whichever
     # request thread gets there first, each request still waiting for its own row to be
-    # committed (openai_django/writer.py). Worth it under concurrency, above all on SQLite.
-    "WRITER": False,
+    # committed (openai_django/writer.py); on SQLite one process writes at a time, queued on a
+    # lock file beside the database. On by default: alone it writes at once, in the caller's
+    # thread; under load it is what keeps SQLite's tail short (docs/performance.md).
+    "WRITER": True,
+    # How many request threads of a process run the gateway's Python at once under WSGI, the
+    # others served in arrival order (openai_django/fairness.py); 0 turns it off.
+    "FAIR_CONCURRENCY": 4,
     # What to record. Operations listed in METADATA_ONLY_OPERATIONS keep no bodies/artifacts.
     "RECORD_BODIES": True,
     "RECORD_STREAM_EVENTS": True,

@@ -170,8 +170,10 @@ OPENAI_DJANGO = {
     "STORAGE": OPENAI_DJANGO_STORAGE_ALIAS,
     # OPENAI_DJANGO_RECORD=0 serves the same API without writing calls (benchmark baseline).
     "RECORD": env_bool("OPENAI_DJANGO_RECORD", True),
-    # OPENAI_DJANGO_WRITER=1: group-commit writer thread (what docs/performance.md measured).
-    "WRITER": env_bool("OPENAI_DJANGO_WRITER", False),
+    # OPENAI_DJANGO_WRITER=0: every call writes its own transactions (no group commit).
+    "WRITER": env_bool("OPENAI_DJANGO_WRITER", True),
+    # OPENAI_DJANGO_FAIR_CONCURRENCY=N: request threads in the gateway's Python at once (0: off).
+    "FAIR_CONCURRENCY": int(os.environ.get("OPENAI_DJANGO_FAIR_CONCURRENCY", "4")),
     # OPENAI_DJANGO_ASGI_LEAN=0: Django's ASGI handler serves /v1/ too (project/asgi.py).
     "ASGI_LEAN": env_bool("OPENAI_DJANGO_ASGI_LEAN", True),
     # Prompts are forgotten after 30 days, usage after a year: keeping them forever should be
