@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import orjson
 from django.db import IntegrityError, connections
 
-from openai_django import controls, policy, recorder, upstreams
+from openai_django import controls, fairness, policy, recorder, upstreams
 from openai_django.conf import app_settings
 from openai_django.errors import (
     Conflict,
@@ -189,7 +189,8 @@ def _request(invocation):
 def send(invocation):
     """Ask the upstream the call is routed to, falling back along its route (raises
     ``UpstreamUnavailable``/``UpstreamTimeout``); openai_django/upstreams.py."""
-    return upstreams.send(invocation, _request)
+    with fairness.outside():  # the wait for the upstream leaves the turn to others
+        return upstreams.send(invocation, _request)
 
 
 def perform(invocation, call=None, *, retry=None):

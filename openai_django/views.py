@@ -19,7 +19,7 @@ from rest_framework.permissions import IsAuthenticated
 from rest_framework.renderers import JSONRenderer
 from rest_framework.views import APIView
 
-from openai_django import access, gateway, invocation, recorder, tagging_views
+from openai_django import access, fairness, gateway, invocation, recorder, tagging_views
 from openai_django.auth import APIKeyAuthentication, authenticate_key, is_site_key
 from openai_django.conf import app_settings
 from openai_django.errors import (
@@ -60,10 +60,11 @@ class OperationView(View):
 
     def dispatch(self, request, *args, **kwargs):
         started = time.perf_counter()
-        try:
-            return to_response(gateway.run(self.invocation(request, kwargs, started)))
-        except Exception as exc:
-            return exception_handler(exc)
+        with fairness.entered():  # request threads served in arrival order (fairness.py)
+            try:
+                return to_response(gateway.run(self.invocation(request, kwargs, started)))
+            except Exception as exc:
+                return exception_handler(exc)
 
     def invocation(self, request, path_kwargs, started):
         """Who calls (an issued key; or the ``AUTHENTICATION_CLASSES``), the operation and

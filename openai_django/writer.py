@@ -32,6 +32,8 @@ from dataclasses import dataclass
 
 from django.db import DatabaseError, connections, transaction
 
+from openai_django import fairness
+
 try:
     import fcntl
 except ImportError:  # Windows: no flock; SQLite's own locking alone
@@ -72,6 +74,10 @@ class Writer:
         version woke every waiting thread after every batch: at 32 threads a process, most
         woke only to sleep again, and the wake-ups cost more CPU than the writes.)
         """
+        with fairness.outside():  # waiting for a commit is not a turn at the gateway's Python
+            return self._submit(sql, params, kind)
+
+    def _submit(self, sql, params, kind):
         item = _Item(sql, params, kind)
         with self._mutex:
             self._pending.append(item)
