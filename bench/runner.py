@@ -34,7 +34,7 @@ log = logging.getLogger("bench")
 
 ALL = ["latency", "responses", "throughput", "streaming", "slow_streams", "large_bodies",
        "asgi_latency", "asgi_throughput", "asgi_streaming", "databases", "celery", "admin",
-       "serving", "soak", "upstreams", "limits"]
+       "serving", "soak", "upstreams", "limits", "tail"]
 QUICK = ["latency", "responses", "throughput", "streaming", "slow_streams", "large_bodies",
          "asgi_latency", "asgi_throughput", "asgi_streaming"]
 ASGI_SCENARIOS = ("asgi_latency", "asgi_throughput", "asgi_streaming")
@@ -59,6 +59,10 @@ TARGETS = [
     ("asgi_streaming", "asgi_gap_dev_p99_ms", "<=", 2.0,
      "ASGI: event gap deviation p99, upstream 20 ms (ms)"),
     ("asgi_streaming", "asgi_coalesced", "<=", 0, "ASGI: coalesced events (gap < 5 ms)"),
+    ("tail", "sqlite_c32_p99_over_p50", "<=", 3.0, "tail: p99 / p50 at c=32, SQLite"),
+    ("tail", "sqlite_c64_p99_over_p50", "<=", 3.0, "tail: p99 / p50 at c=64, SQLite"),
+    ("tail", "postgres_c32_p99_over_p50", "<=", 3.0, "tail: p99 / p50 at c=32, PostgreSQL"),
+    ("tail", "postgres_c64_p99_over_p50", "<=", 3.0, "tail: p99 / p50 at c=64, PostgreSQL"),
     ("soak", "errors", "<=", 0, "soak: stream errors, one ASGI worker"),
     ("soak", "records_not_succeeded", "<=", 0, "soak: calls not recorded succeeded"),
 ]
@@ -276,6 +280,19 @@ def table(results):
                 row("6 databases", f"{kind}: req/s", x["rps"])
             elif kind == "skipped":
                 row("6 databases", "postgres", x)
+    if "tail" in s:
+        x = s["tail"]
+        for kind in ("sqlite", "postgres"):
+            for c in x.get("connections") or ():
+                prefix = f"{kind}_c{c}"
+                if f"{prefix}_p50_ms" in x:
+                    row("tail", f"{kind} c={c}: p50 / p99 (ms), p99/p50",
+                        x[f"{prefix}_p50_ms"], x[f"{prefix}_p99_ms"],
+                        x[f"{prefix}_p99_over_p50"])
+                    row("tail", f"{kind} c={c}: req/s, CPU per request (us)",
+                        x[f"{prefix}_rps"], None, x[f"{prefix}_cpu_us_per_request"])
+        if "skipped" in x:
+            row("tail", "postgres", x["skipped"])
     if "celery" in s:
         x = s["celery"]
         for name, figures in (x.get("enqueue") or {}).items():
@@ -510,6 +527,26 @@ def main(argv=None):
 
         run("limits", limits_)
         run("databases", dbs)
+
+        def tails():
+            gateways = {"sqlite": gateway}
+            pg = harness.postgres()
+            pg_gateway = None
+            if pg is not None:
+                pg_gateway = harness.start_gateway(pg, server=args.server, workers=args.workers,
+                                                   threads=threads, name="gateway-pg-tail")
+                scenarios.check_contract(ctx, pg_gateway)
+                gateways["postgres"] = pg_gateway
+            try:
+                out = scenarios.tail(ctx, gateways)
+            finally:
+                if pg_gateway is not None:
+                    harness.stop_gateway(pg_gateway)
+            if pg is None:
+                out["skipped"] = "no PostgreSQL (scripts/services start pg, or BENCH_PG_URL)"
+            return out
+
+        run("tail", tails)
         run("celery", lambda: scenarios.external(ctx, "celery_bench", sqlite,
                                                  ["--quick"] if args.quick else []))
         # Routing among ten upstreams and a fallback, in-process (bench/upstreams_bench.py).

@@ -488,6 +488,40 @@ def databases(ctx, gateways):
     return out
 
 
+def tail(ctx, gateways, connections=(32, 64)):
+    """The tail under load: p50 and p99 of recorded chat calls at each of ``connections`` for
+    each database's gateway (``{"sqlite": gateway, "postgres": ...}``), interleaved round by
+    round; the p99/p50 ratio is the median of the per-round ratios."""
+    p = ctx.params
+    body = json.dumps(CHAT).encode()
+    gw_script, _ = _scripts(ctx, "tail", body)
+    urls = {kind: g.url + "/v1/chat/completions" for kind, g in gateways.items()}
+    for url in urls.values():
+        run_wrk(url, gw_script, connections=max(connections), seconds=p.warmup_seconds)
+    runs = {(kind, c): [] for kind in urls for c in connections}
+    cpu = {key: [] for key in runs}
+    for _ in range(p.throughput_rounds):
+        for c in connections:
+            for kind, url in urls.items():
+                server = gateways[kind]
+                before = server.cpu_seconds()
+                result = run_wrk(url, gw_script, connections=c, seconds=p.throughput_seconds)
+                runs[kind, c].append(result)
+                cpu[kind, c].append((server.cpu_seconds() - before) / max(result.requests, 1)
+                                    * 1e6)
+    out = {"connections": list(connections), "rounds": p.throughput_rounds}
+    for (kind, c), results in runs.items():
+        prefix = f"{kind}_c{c}"
+        out[f"{prefix}_rps"] = _median([r.rps for r in results])
+        out[f"{prefix}_p50_ms"] = _median([r.p50_ms for r in results])
+        out[f"{prefix}_p99_ms"] = _median([r.p99_ms for r in results])
+        out[f"{prefix}_p99_over_p50"] = _median([r.p99_ms / r.p50_ms for r in results
+                                                 if r.p50_ms])
+        out[f"{prefix}_cpu_us_per_request"] = _median(cpu[kind, c])
+        out[f"{prefix}_errors"] = sum(r.errors for r in results)
+    return out
+
+
 # -- 7, 8. hooks to the Celery and admin benchmarks -----------------------------------------
 
 
