@@ -38,6 +38,8 @@ ALL = ["latency", "responses", "throughput", "streaming", "slow_streams", "large
 QUICK = ["latency", "responses", "throughput", "streaming", "slow_streams", "large_bodies",
          "asgi_latency", "asgi_throughput", "asgi_streaming"]
 ASGI_SCENARIOS = ("asgi_latency", "asgi_throughput", "asgi_streaming")
+# Only when asked: ``--peers`` (installs LiteLLM once), or ``--only peers`` (an installed one).
+OPT_IN = ["peers"]
 
 # (scenario, figure key path, comparison, target, label). Lower-is-better unless ">=".
 TARGETS = [
@@ -61,6 +63,10 @@ TARGETS = [
     ("asgi_streaming", "asgi_coalesced", "<=", 0, "ASGI: coalesced events (gap < 5 ms)"),
     ("soak", "errors", "<=", 0, "soak: stream errors, one ASGI worker"),
     ("soak", "records_not_succeeded", "<=", 0, "soak: calls not recorded succeeded"),
+    ("peers", "litellm_columns_behind_count", "<=", 0,
+     "gateway ahead of LiteLLM (no DB) on every column (columns behind)"),
+    ("peers", "litellm_db_columns_behind_count", "<=", 0,
+     "gateway ahead of LiteLLM + PostgreSQL spend logs on every column (columns behind)"),
 ]
 
 
@@ -299,6 +305,10 @@ def table(results):
                 continue
             row("serving", f"{name}: req/s, p50 c=1 added (ms)", x.get("rps"), None,
                 x.get("added_p50_ms"))
+    if "peers" in s:  # bench/peers.py
+        from bench import peers as peers_module
+
+        peers_module.table_rows(s["peers"], row, fmt)
     for name, x in results["scenarios"].items():
         if "error" in x:
             row(name, "FAILED", x["error"][:200])
@@ -316,7 +326,12 @@ def parse_args(argv):
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true",
                         help="a smoke run of a few seconds per scenario (figures mean nothing)")
-    parser.add_argument("--only", help=f"comma-separated scenarios (default: all): {ALL}")
+    parser.add_argument("--only", help=f"comma-separated scenarios (default: all): {ALL}, "
+                        f"and, only when named, {OPT_IN}")
+    parser.add_argument("--peers", action="store_true",
+                        help="also run the peers scenario: LiteLLM proxy (installed from PyPI "
+                             "into a virtualenv of its own once) beside the gateway, in the "
+                             "same run (bench/peers.py)")
     parser.add_argument("--server", default="granian-wsgi", choices=sorted(SERVER_COMMANDS),
                         help="the gateway of scenarios 1-8 (and the WSGI side of 9 if WSGI)")
     parser.add_argument("--asgi-server", default="uvicorn", choices=ASGI_SERVERS,
@@ -361,7 +376,9 @@ def main(argv=None):
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     wanted = args.only.split(",") if args.only else (QUICK if args.quick else ALL)
-    unknown = set(wanted) - set(ALL)
+    if args.peers and "peers" not in wanted:
+        wanted = [*wanted, "peers"]
+    unknown = set(wanted) - set(ALL) - set(OPT_IN)
     if unknown:
         sys.exit(f"unknown scenarios: {sorted(unknown)}")
     params = scenarios.Params.quick() if args.quick else scenarios.Params()
@@ -562,6 +579,14 @@ def main(argv=None):
                 harness.stop_gateway(one)
 
         run("soak", soak)
+
+        def peers_():  # 13. LiteLLM proxy beside the gateway (bench/peers.py)
+            from bench import peers as peers_module
+
+            return peers_module.peers(ctx, install=args.peers, server=args.server,
+                                      workers=args.workers, threads=threads)
+
+        run("peers", peers_)
 
     results["meta"]["loadavg_after"] = loadavg()
     results["meta"]["seconds"] = round(time.time() - started, 1)
