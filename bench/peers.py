@@ -162,10 +162,19 @@ def litellm_config(upstream_url, *, database):
     return "\n".join(lines)
 
 
+#: uvicorn's supervisor kills a worker that does not answer its ping within
+#: ``timeout_worker_healthcheck`` (5 s by default) and starts another: a worker importing
+#: LiteLLM on a loaded 2-core machine takes longer than that, so with the default the workers
+#: were replaced forever and the proxy never served (seen here at load average 8-14).
+#: LiteLLM's CLI has the flag for it; 120 s.
+WORKER_HEALTHCHECK_S = 120
+
+
 def litellm_command(venv, config_path, port, workers):
     # The documented CLI: uvicorn (LiteLLM's default server), --num_workers for more than one.
     return [str(venv / "bin" / "litellm"), "--config", str(config_path), "--host", "127.0.0.1",
-            "--port", str(port), "--num_workers", str(workers), "--telemetry", "False"]
+            "--port", str(port), "--num_workers", str(workers), "--telemetry", "False",
+            "--timeout_worker_healthcheck", str(WORKER_HEALTHCHECK_S)]
 
 
 def start_litellm(harness, venv, *, name, workers, database_url=None, timeout=240):
@@ -176,6 +185,7 @@ def start_litellm(harness, venv, *, name, workers, database_url=None, timeout=24
            if not k.startswith(("DJANGO_", "OPENAI_", "DATABASE_", "LITELLM_"))}
     env.update(LITELLM_ENV)
     env["PATH"] = f"{venv / 'bin'}:{env.get('PATH', '')}"
+    env["PYTHONUNBUFFERED"] = "1"  # its log as it goes (the reason, if it does not start)
     env["LITELLM_MIGRATION_DIR"] = str(Path(harness.workdir) / f"{name}-migrations")
     if database_url:
         env["DATABASE_URL"] = database_url
@@ -186,7 +196,11 @@ def start_litellm(harness, venv, *, name, workers, database_url=None, timeout=24
                     "database": bool(database_url)}
     # Server.start waits for any answer under 500 (LiteLLM answers 404 to the gateway's
     # /v1/openapi.yaml once uvicorn serves, i.e. after the app's startup).
-    server.start(harness.workdir, timeout=timeout)
+    try:
+        server.start(harness.workdir, timeout=timeout)
+    except Exception as exc:
+        raise PeerUnavailable(f"{name} did not start: {exc}; its log ends: "
+                              f"{_tail(server.log_tail(), 8)}") from exc
     harness.servers.append(server)
     return server
 
@@ -320,34 +334,37 @@ def peers(ctx, *, install, server="granian-wsgi", workers=2, threads=8, postgres
             out["not_measurable"]["litellm"] = str(exc)
             out["not_measurable"].setdefault("litellm_db", str(exc))
         if venv is not None:
-            litellm = start_litellm(harness, venv, name="litellm", workers=workers)
-            started.append(litellm)
-            _check_litellm(litellm)
-            servers["litellm"], headers["litellm"] = litellm, litellm_headers
-            if pg is not None:
-                ok, detail = prisma_ready(venv)
-                out["prisma"] = detail
-                if not ok:
+            try:
+                litellm = start_litellm(harness, venv, name="litellm", workers=workers)
+                started.append(litellm)
+                _check_litellm(litellm)
+                servers["litellm"], headers["litellm"] = litellm, litellm_headers
+            except PeerUnavailable as exc:
+                out["not_measurable"]["litellm"] = str(exc)
+        if venv is not None and pg is not None:
+            ok, detail = prisma_ready(venv)
+            out["prisma"] = detail
+            if not ok:
+                out["not_measurable"]["litellm_db"] = (
+                    "LiteLLM's database layer is Prisma, whose CLI downloads its native "
+                    "query and schema engines from Prisma's own host at first use (the "
+                    "prisma and @prisma/engines npm packages do not ship them): "
+                    f"{detail}")
+            else:
+                db_url, db_name = _litellm_db_url(pg.url)
+                db_cleanup.append((pg.url, db_name))
+                try:
+                    litellm_db = start_litellm(harness, venv, name="litellm-db",
+                                               workers=workers, database_url=db_url,
+                                               timeout=900)
+                    started.append(litellm_db)
+                    _check_litellm(litellm_db)
+                    servers["litellm_db"] = litellm_db
+                    headers["litellm_db"] = litellm_headers
+                    out["litellm_db_url_database"] = db_name
+                except Exception as exc:  # recorded as the reason
                     out["not_measurable"]["litellm_db"] = (
-                        "LiteLLM's database layer is Prisma, whose CLI could not get its "
-                        "query and schema engines (prebuilt binaries fetched from Prisma's "
-                        "download host, which this machine cannot reach; no npm or PyPI "
-                        f"package ships them): {detail}")
-                else:
-                    db_url, db_name = _litellm_db_url(pg.url)
-                    db_cleanup.append((pg.url, db_name))
-                    try:
-                        litellm_db = start_litellm(harness, venv, name="litellm-db",
-                                                   workers=workers, database_url=db_url,
-                                                   timeout=900)
-                        started.append(litellm_db)
-                        _check_litellm(litellm_db)
-                        servers["litellm_db"] = litellm_db
-                        headers["litellm_db"] = litellm_headers
-                        out["litellm_db_url_database"] = db_name
-                    except Exception as exc:  # recorded as the reason
-                        out["not_measurable"]["litellm_db"] = (
-                            f"LiteLLM with DATABASE_URL did not start: {exc}")
+                        f"LiteLLM with DATABASE_URL did not start: {exc}")
         out["sides"] = {label: dict(s.extra) for label, s in servers.items()}
         _measure(ctx, servers, headers, out)
         if "litellm_db" in servers:
@@ -374,7 +391,7 @@ def _check_litellm(server):
     finally:
         conn.close()
     if response.status != 200 or b"chat.completion" not in data:
-        raise RuntimeError(f"{server.name} answered {response.status}: {data[:300]!r}; "
+        raise PeerUnavailable(f"{server.name} answered {response.status}: {data[:300]!r}; "
                            f"log:\n{server.log_tail()}")
 
 
