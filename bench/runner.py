@@ -121,6 +121,9 @@ def verdicts(results):
             miss = f"short by {target - value:g}" if isinstance(value, (int, float)) else None
         else:
             miss = f"over by {value - target:g}"
+        detail = dig(results, scenario, key.removesuffix("_count"))
+        if miss and key.endswith("_count") and isinstance(detail, list):
+            miss += ": " + ", ".join(map(str, detail))  # e.g. which columns (peers)
         rows.append({"target": label, "goal": f"{op} {target}", "measured": value, "met": met,
                      "miss": miss})
     return rows
