@@ -300,11 +300,16 @@ def peers(ctx, *, install, server="granian-wsgi", workers=2, threads=8, postgres
     """The peer scenario; ``ctx.gateway`` is the harness's gateway (recording on, SQLite).
     ``postgres``: load the PostgreSQL sides (default: unless ``BENCH_PEERS_PG=0``)."""
     harness, p = ctx.harness, ctx.params
+    # LiteLLM's workers: the gateway's by default; BENCH_LITELLM_WORKERS=1 is its docs'
+    # "one Uvicorn worker per pod".
+    litellm_workers = int(os.environ.get("BENCH_LITELLM_WORKERS") or workers)
     if postgres is None:
         postgres = os.environ.get("BENCH_PEERS_PG", "1") != "0"
-    out = {"litellm_version": LITELLM_VERSION, "litellm_workers": workers,
+    out = {"litellm_version": LITELLM_VERSION, "litellm_workers": litellm_workers,
+           "gateway_workers": workers,
            "litellm_command": "litellm --config CONFIG --host 127.0.0.1 --port PORT "
-                              f"--num_workers {workers} --telemetry False",
+                              f"--num_workers {litellm_workers} --telemetry False "
+                              f"--timeout_worker_healthcheck {WORKER_HEALTHCHECK_S}",
            "litellm_env": LITELLM_ENV, "concurrencies": list(CONCURRENCIES),
            "seconds_a_point": p.throughput_seconds, "rounds": p.throughput_rounds,
            "c1_seconds_a_point": p.latency_seconds, "c1_rounds": p.rounds,
@@ -335,7 +340,8 @@ def peers(ctx, *, install, server="granian-wsgi", workers=2, threads=8, postgres
             out["not_measurable"].setdefault("litellm_db", str(exc))
         if venv is not None:
             try:
-                litellm = start_litellm(harness, venv, name="litellm", workers=workers)
+                litellm = start_litellm(harness, venv, name="litellm",
+                                        workers=litellm_workers)
                 started.append(litellm)
                 _check_litellm(litellm)
                 servers["litellm"], headers["litellm"] = litellm, litellm_headers
@@ -355,7 +361,7 @@ def peers(ctx, *, install, server="granian-wsgi", workers=2, threads=8, postgres
                 db_cleanup.append((pg.url, db_name))
                 try:
                     litellm_db = start_litellm(harness, venv, name="litellm-db",
-                                               workers=workers, database_url=db_url,
+                                               workers=litellm_workers, database_url=db_url,
                                                timeout=900)
                     started.append(litellm_db)
                     _check_litellm(litellm_db)
