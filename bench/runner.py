@@ -38,6 +38,8 @@ ALL = ["latency", "responses", "throughput", "streaming", "slow_streams", "large
 QUICK = ["latency", "responses", "throughput", "streaming", "slow_streams", "large_bodies",
          "asgi_latency", "asgi_throughput", "asgi_streaming"]
 ASGI_SCENARIOS = ("asgi_latency", "asgi_throughput", "asgi_streaming")
+# Only when asked: ``--peers`` (installs LiteLLM once), or ``--only peers`` (an installed one).
+OPT_IN = ["peers"]
 
 # (scenario, figure key path, comparison, target, label). Lower-is-better unless ">=".
 TARGETS = [
@@ -65,6 +67,10 @@ TARGETS = [
     ("tail", "postgres_c64_p99_over_p50", "<=", 3.0, "tail: p99 / p50 at c=64, PostgreSQL"),
     ("soak", "errors", "<=", 0, "soak: stream errors, one ASGI worker"),
     ("soak", "records_not_succeeded", "<=", 0, "soak: calls not recorded succeeded"),
+    ("peers", "litellm_columns_behind_count", "<=", 0,
+     "gateway ahead of LiteLLM (no DB) on every column (columns behind)"),
+    ("peers", "litellm_db_columns_behind_count", "<=", 0,
+     "gateway ahead of LiteLLM + PostgreSQL spend logs on every column (columns behind)"),
 ]
 
 
@@ -119,6 +125,9 @@ def verdicts(results):
             miss = f"short by {target - value:g}" if isinstance(value, (int, float)) else None
         else:
             miss = f"over by {value - target:g}"
+        detail = dig(results, scenario, key.removesuffix("_count"))
+        if miss and key.endswith("_count") and isinstance(detail, list):
+            miss += ": " + ", ".join(map(str, detail))  # e.g. which columns (peers)
         rows.append({"target": label, "goal": f"{op} {target}", "measured": value, "met": met,
                      "miss": miss})
     return rows
@@ -316,6 +325,10 @@ def table(results):
                 continue
             row("serving", f"{name}: req/s, p50 c=1 added (ms)", x.get("rps"), None,
                 x.get("added_p50_ms"))
+    if "peers" in s:  # bench/peers.py
+        from bench import peers as peers_module
+
+        peers_module.table_rows(s["peers"], row, fmt)
     for name, x in results["scenarios"].items():
         if "error" in x:
             row(name, "FAILED", x["error"][:200])
@@ -333,7 +346,12 @@ def parse_args(argv):
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true",
                         help="a smoke run of a few seconds per scenario (figures mean nothing)")
-    parser.add_argument("--only", help=f"comma-separated scenarios (default: all): {ALL}")
+    parser.add_argument("--only", help=f"comma-separated scenarios (default: all): {ALL}, "
+                        f"and, only when named, {OPT_IN}")
+    parser.add_argument("--peers", action="store_true",
+                        help="also run the peers scenario: LiteLLM proxy (installed from PyPI "
+                             "into a virtualenv of its own once) beside the gateway, in the "
+                             "same run (bench/peers.py)")
     parser.add_argument("--server", default="granian-wsgi", choices=sorted(SERVER_COMMANDS),
                         help="the gateway of scenarios 1-8 (and the WSGI side of 9 if WSGI)")
     parser.add_argument("--asgi-server", default="uvicorn", choices=ASGI_SERVERS,
@@ -378,7 +396,9 @@ def main(argv=None):
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     wanted = args.only.split(",") if args.only else (QUICK if args.quick else ALL)
-    unknown = set(wanted) - set(ALL)
+    if args.peers and "peers" not in wanted:
+        wanted = [*wanted, "peers"]
+    unknown = set(wanted) - set(ALL) - set(OPT_IN)
     if unknown:
         sys.exit(f"unknown scenarios: {sorted(unknown)}")
     params = scenarios.Params.quick() if args.quick else scenarios.Params()
@@ -599,6 +619,14 @@ def main(argv=None):
                 harness.stop_gateway(one)
 
         run("soak", soak)
+
+        def peers_():  # 13. LiteLLM proxy beside the gateway (bench/peers.py)
+            from bench import peers as peers_module
+
+            return peers_module.peers(ctx, install=args.peers, server=args.server,
+                                      workers=args.workers, threads=threads)
+
+        run("peers", peers_)
 
     results["meta"]["loadavg_after"] = loadavg()
     results["meta"]["seconds"] = round(time.time() - started, 1)
