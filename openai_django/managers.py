@@ -6,6 +6,9 @@ one prepared INSERT when a call starts, one prepared UPDATE of the named fields 
 (:meth:`CallManager.transition`) for the moves between states that several processes race for.
 """
 
+from functools import partial
+from operator import attrgetter
+
 import orjson
 from django.contrib.contenttypes.models import ContentType
 from django.db import DatabaseError, connections, models, router
@@ -88,6 +91,18 @@ def _converter(conn, field):
     return convert
 
 
+def _getter(field, add):
+    """``field.pre_save(call, add)`` as a function of the call: the attribute itself where the
+    field does not override ``pre_save`` (every field but the timestamps here)."""
+    if type(field).pre_save is models.Field.pre_save:
+        return attrgetter(field.attname)
+    return partial(_pre_save, field, add)
+
+
+def _pre_save(field, add, call):
+    return field.pre_save(call, add)
+
+
 def _psycopg3():
     from django.db.backends.postgresql.psycopg_any import is_psycopg3
 
@@ -160,7 +175,9 @@ class CallManager(models.Manager.from_queryset(CallQuerySet)):
 
     def __init__(self):
         super().__init__()
-        self._plans = {}  # (vendor, kind, field names) -> (SQL, ((field, converter), ...))
+        # (vendor, kind, field names) -> (SQL, ((getter, converter), ...)): ``getter(call)``
+        # is the field's ``pre_save`` value, ``converter`` makes it the database's.
+        self._plans = {}
 
     def _orm_only(self):
         # A site listening to the model's signals gets them: the ORM's save sends them.
@@ -186,7 +203,9 @@ class CallManager(models.Manager.from_queryset(CallQuerySet)):
                 sql = (f"UPDATE {quote(meta.db_table)} SET "
                        f"{', '.join(c + ' = %s' for c in columns)} "
                        f"WHERE {quote(meta.pk.column)} = %s")
-            plan = self._plans[key] = (sql, tuple((f, _converter(conn, f)) for f in fields))
+            add = kind == "insert"
+            plan = self._plans[key] = (sql, tuple((_getter(f, add), _converter(conn, f))
+                                                  for f in fields))
         return plan
 
     def _execute(self, alias, sql, params, kind):
@@ -216,8 +235,7 @@ class CallManager(models.Manager.from_queryset(CallQuerySet)):
             call.save(force_insert=True, using=alias)
             return call
         sql, plan = self._plan(connections[alias], "insert", None)
-        self._execute(alias, sql, [convert(f.pre_save(call, True)) for f, convert in plan],
-                      "insert")
+        self._execute(alias, sql, [convert(get(call)) for get, convert in plan], "insert")
         call._state.adding = False
         call._state.db = alias
         return call
@@ -231,7 +249,7 @@ class CallManager(models.Manager.from_queryset(CallQuerySet)):
         alias = call._state.db or router.db_for_write(self.model, instance=call)
         conn = connections[alias]
         sql, plan = self._plan(conn, "update", names)
-        params = [convert(f.pre_save(call, False)) for f, convert in plan]
+        params = [convert(get(call)) for get, convert in plan]
         params.append(self.model._meta.pk.get_db_prep_value(call.pk, conn))
         if self._execute(alias, sql, params, "update") == 0:
             raise DatabaseError("Save with update_fields did not affect any rows.")

@@ -317,7 +317,7 @@ def record_with_tags(manager, call, alias):
     tags = list(call.tags)
     if connection.vendor == "postgresql" and not manager._orm_only():
         call_sql, plan = manager._plan(connection, "insert", None)
-        params = [convert(f.pre_save(call, True)) for f, convert in plan]
+        params = [convert(get(call)) for get, convert in plan]
         manager._execute(alias, _with_tag_rows_sql(connection, call_sql, len(tags)),
                          [*params, created, *tags], "insert")
         call._state.adding = False
