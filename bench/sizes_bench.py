@@ -138,6 +138,18 @@ def record_size(record):
             "artifact_bytes": sum(int(a.get("bytes") or 0) for a in artifacts)}
 
 
+def warm(ctx, gateway, path, body, calls=20):
+    """Calls on new connections, so that every worker of a fresh gateway has served some
+    before a measured round (a worker's first call imports and connects: seconds on a loaded
+    machine, longer than a quick round)."""
+    for _ in range(calls):
+        conn = http.client.HTTPConnection("127.0.0.1", gateway.port, timeout=120)
+        try:
+            _post(conn, path, body, ctx.gw_headers())
+        finally:
+            conn.close()
+
+
 def body_sizes(ctx, unrecorded, sp):
     from bench.scenarios import _median, _pct
 
@@ -282,6 +294,8 @@ def table_sizes(ctx, sp, *, server, workers, threads):
             gateways[name] = harness.start_gateway(db, server=server, workers=workers,
                                                    threads=threads, name=f"gateway-{name}")
             scenarios.check_contract(ctx, gateways[name])
+        for g in gateways.values():
+            warm(ctx, g, "/v1/chat/completions", json.dumps(scenarios.CHAT).encode())
         lat = scenarios.compare_latency(ctx, gateways)
         gw_script, direct_script = scenarios._scripts(ctx, "sizes-tput",
                                                       json.dumps(scenarios.CHAT).encode())
@@ -336,6 +350,8 @@ def sizes(ctx, *, quick, server, workers, threads, tables=None):
     off = harness.start_gateway(_db_of(ctx), server=server, workers=workers, threads=threads,
                                 record=False, name="gateway-sizes-norec")
     try:
+        warm(ctx, off, "/v1/chat/completions", json.dumps({
+            "model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}).encode())
         out["bodies"] = body_sizes(ctx, off, sp)
     finally:
         harness.stop_gateway(off)
