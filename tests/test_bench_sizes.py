@@ -33,7 +33,8 @@ def test_speech_and_responses_stream_are_measured_and_recorded(tmp_path):
     s = data["scenarios"]
     speech = s["speech"]
     assert "error" not in speech, speech
-    assert speech["errors"] == 0 and speech["small"]["requests"] > 0
+    assert speech["errors"] == 0 and speech["small"]["gateway_rps_c1"] > 0
+    assert speech["small"]["gateway_cpu_us_per_request"] > 0
     assert speech["small"]["gateway_p50_ms"] > 0 and speech["small"]["direct_p50_ms"] > 0
     large = speech["large"]
     # The stand-in's longest audio as WAV: 20 s of 24 kHz 16-bit mono and its header.
