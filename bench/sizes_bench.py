@@ -241,6 +241,10 @@ def cached_table(harness, calls):
     path = folder / f"calls-{calls}-{schema_key()}.sqlite3"
     marker = path.with_suffix(".json")
     db = Database("sqlite", f"sqlite:///{path}")
+    lock = path.with_suffix(".seeding")
+    while lock.exists() and _alive(lock):  # another run is seeding this table: wait for it
+        log.warning("waiting for %s (seeding, pid %s)", path, lock.read_text().strip())
+        time.sleep(5)
     if path.exists() and marker.exists():
         figures = json.loads(marker.read_text())
         harness.prepare(db)  # the client key (and a no-op migrate)
@@ -253,16 +257,28 @@ def cached_table(harness, calls):
         raise RuntimeError(f"{calls} calls need about {need / 2**30:.1f} GB in {folder}; "
                            f"{free / 2**30:.1f} GB free")
     started = time.perf_counter()
-    harness.prepare(db)
-    out = subprocess.run([sys.executable, "-m", "bench.bulkseed", "--calls", str(calls)],
-                         cwd=ROOT, env=harness.django_env(db), capture_output=True, text=True,
-                         timeout=7200)
+    lock.write_text(str(os.getpid()))
+    try:
+        harness.prepare(db)
+        out = subprocess.run([sys.executable, "-m", "bench.bulkseed", "--calls", str(calls)],
+                             cwd=ROOT, env=harness.django_env(db), capture_output=True,
+                             text=True, timeout=7200)
+    finally:
+        lock.unlink(missing_ok=True)
     if out.returncode != 0:
         raise RuntimeError(f"seeding {calls} calls failed: {out.stderr[-2000:]}")
     figures = json.loads(out.stdout.strip().splitlines()[-1])
     figures["prepare_and_seed_s"] = round(time.perf_counter() - started, 1)
     marker.write_text(json.dumps(figures, indent=2))
     return db, {**figures, "reused": False}
+
+
+def _alive(lock):
+    try:
+        os.kill(int(lock.read_text().strip()), 0)
+    except (ValueError, OSError):
+        return False
+    return True
 
 
 def django_helper(harness, db, flag, timeout=600):
