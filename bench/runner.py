@@ -351,6 +351,8 @@ def parse_args(argv):
     parser.add_argument("--admin-calls", type=int, default=1_000_000)
     parser.add_argument("--sizes-tables", help="comma-separated call counts already in the "
                         "table for the sizes scenario (default 10000,1000000,10000000)")
+    parser.add_argument("--sizes-parts", default="bodies,tables",
+                        help="the halves of the sizes scenario to run: bodies, tables or both")
     parser.add_argument("-v", "--verbose", action="store_true")
     return parser.parse_args(argv)
 
@@ -573,7 +575,7 @@ def main(argv=None):
         run("sizes", lambda: sizes_bench.sizes(
             ctx, quick=args.quick, server=args.server, workers=args.workers, threads=threads,
             tables=[int(n) for n in args.sizes_tables.split(",")] if args.sizes_tables
-            else None))
+            else None, parts=args.sizes_parts.split(",")))
 
     results["meta"]["loadavg_after"] = loadavg()
     results["meta"]["seconds"] = round(time.time() - started, 1)

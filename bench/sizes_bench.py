@@ -356,13 +356,18 @@ def _diff(a, b):
     return round(a - b, 3) if a is not None and b is not None else None
 
 
-def sizes(ctx, *, quick, server, workers, threads, tables=None):
-    """The whole scenario: body sizes, then table sizes (``tables`` overrides the counts)."""
+def sizes(ctx, *, quick, server, workers, threads, tables=None, parts=("bodies", "tables")):
+    """The whole scenario: body sizes, then table sizes (``tables`` overrides the counts;
+    ``parts`` runs one half only)."""
     sp = SizeParams.quick() if quick else SizeParams()
     if tables:
         sp.tables = tuple(tables)
     harness = ctx.harness
     out = {"loadavg_before": list(os.getloadavg())}
+    if "tables" in parts and "bodies" not in parts:
+        out.update(table_sizes(ctx, sp, server=server, workers=workers, threads=threads))
+        out["loadavg_after"] = list(os.getloadavg())
+        return out
     off = harness.start_gateway(_db_of(ctx), server=server, workers=workers, threads=threads,
                                 record=False, name="gateway-sizes-norec")
     try:
@@ -372,7 +377,8 @@ def sizes(ctx, *, quick, server, workers, threads, tables=None):
     finally:
         harness.stop_gateway(off)
     out["loadavg_middle"] = list(os.getloadavg())
-    out.update(table_sizes(ctx, sp, server=server, workers=workers, threads=threads))
+    if "tables" in parts:
+        out.update(table_sizes(ctx, sp, server=server, workers=workers, threads=threads))
     out["loadavg_after"] = list(os.getloadavg())
     return out
 
