@@ -330,6 +330,10 @@ def table_sizes(ctx, sp, *, server, workers, threads):
     finally:
         for g in gateways.values():
             harness.stop_gateway(g)
+    # The database's share alone, in one process (no HTTP, no server): CPU and wall time.
+    for name, figures in insert_probe(harness, dbs, rounds=1 if len(sp.tables) < 3 and
+                                      sp.tables[-1] < 100_000 else 3).items():
+        out["tables"][name].update({f"db_insert_{k}": v for k, v in figures.items()})
     for name, db in dbs.items():
         page = django_helper(harness, db, "--admin-page")
         out["tables"][name].update(page)
@@ -344,6 +348,10 @@ def table_sizes(ctx, sp, *, server, workers, threads):
         "rps_ratio": _ratio(last.get(f"c{out['connections']}_rps"),
                             first.get(f"c{out['connections']}_rps")),
         "first_page_ratio": _ratio(last.get("first_page_ms"), first.get("first_page_ms")),
+        "db_insert_cpu_ratio": _ratio(last.get("db_insert_cpu_us_per_call"),
+                                      first.get("db_insert_cpu_us_per_call")),
+        "db_insert_wall_p50_ratio": _ratio(last.get("db_insert_wall_p50_us"),
+                                           first.get("db_insert_wall_p50_us")),
     }
     return out
 
@@ -414,6 +422,9 @@ def table_rows(x, row):
         row(title, f"c={c} req/s, p99 (ms)", t.get(f"c{c}_rps"), None, t.get(f"c{c}_p99_ms"))
         row(title, "admin first page (ms), queries", t.get("first_page_ms"), None,
             t.get("first_page_queries"))
+        row(title, "DB alone: insert + finish CPU us/call, wall p50 / p99 (us)",
+            t.get("db_insert_cpu_us_per_call"), None,
+            f"{t.get('db_insert_wall_p50_us')} / {t.get('db_insert_wall_p99_us')}")
         seed = t.get("seed") or {}
         row(title, "seeding (s), file MB", "reused" if seed.get("reused") else
             seed.get("seconds"), None, seed.get("file_mb"))
@@ -421,8 +432,9 @@ def table_rows(x, row):
     if g:
         row("13 sizes: largest / smallest table", "c=1 added p50 (ms) / CPU / req/s ratio",
             g["c1_added_p50_ms"], g["cpu_ratio"], g["rps_ratio"])
-        row("13 sizes: largest / smallest table", "admin first page ratio",
-            g["first_page_ratio"])
+        row("13 sizes: largest / smallest table", "admin first page ratio; DB alone: "
+            "insert CPU / wall p50 ratio", g["first_page_ratio"], g.get("db_insert_cpu_ratio"),
+            g.get("db_insert_wall_p50_ratio"))
 
 
 # -- Django-side helpers (run with the harness's environment) --------------------------------
@@ -471,10 +483,68 @@ def _admin_page(runs=5):
             "first_page_slowest_query": slowest[1][:300]}
 
 
+def _insert_probe(calls=300):
+    """The database's share of a recorded call, in one process: ``calls`` times, a call row
+    inserted (its own transaction, like the write-ahead start) and finished (an UPDATE of the
+    answer's fields); CPU (``process_time``) and wall time per call, then the rows deleted."""
+    import secrets
+
+    from django.contrib.auth import get_user_model
+    from django.db import transaction
+    from django.utils import timezone
+
+    from openai_django.models import APIKey, Call
+
+    user = get_user_model().objects.get(username="bench")
+    key = APIKey.objects.filter(user=user).first()
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Say hello"}]}
+    answer = {"id": "chatcmpl-probe", "object": "chat.completion", "choices": [
+        {"index": 0, "message": {"role": "assistant", "content": "Hello!"},
+         "finish_reason": "stop"}], "usage": {"prompt_tokens": 9, "completion_tokens": 3}}
+    walls, cpus, ids = [], [], []
+    for _ in range(calls):
+        wall, cpu = time.perf_counter(), time.process_time()
+        with transaction.atomic():
+            call = Call.objects.create(
+                operation="createChatCompletion", method="POST", path="/chat/completions",
+                model="gpt-4o-mini", status="running", user=user, api_key=key,
+                request_body=body, prompt_preview="Say hello", started_at=timezone.now())
+        call.status, call.outcome, call.finished_at = "succeeded", "success", timezone.now()
+        call.response_status, call.response_body, call.output_text = 200, answer, "Hello!"
+        call.upstream_request_id = f"req_{secrets.token_hex(16)}"
+        call.prompt_tokens, call.completion_tokens, call.total_tokens = 9, 3, 12
+        with transaction.atomic():
+            call.save(update_fields=["status", "outcome", "finished_at", "response_status",
+                                     "response_body", "output_text", "upstream_request_id",
+                                     "prompt_tokens", "completion_tokens", "total_tokens"])
+        cpus.append((time.process_time() - cpu) * 1e6)
+        walls.append((time.perf_counter() - wall) * 1e6)
+        ids.append(call.pk)
+    Call.objects.filter(pk__in=ids).delete()
+    walls.sort()
+    return {"calls": calls, "cpu_us_per_call": round(sum(cpus) / calls, 1),
+            "wall_p50_us": round(walls[calls // 2], 1),
+            "wall_p99_us": round(walls[min(calls - 1, int(calls * 0.99))], 1)}
+
+
+def insert_probe(harness, dbs, rounds=3):
+    """:func:`_insert_probe` on each database, interleaved round by round: medians."""
+    from bench.scenarios import _median
+
+    runs = {name: [] for name in dbs}
+    for _ in range(rounds):
+        for name, db in dbs.items():
+            runs[name].append(django_helper(harness, db, "--insert-probe"))
+    return {name: {key: _median([r[key] for r in rs]) for key in
+                   ("cpu_us_per_call", "wall_p50_us", "wall_p99_us")}
+            for name, rs in runs.items()}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cleanup", action="store_true")
     parser.add_argument("--admin-page", action="store_true")
+    parser.add_argument("--insert-probe", action="store_true")
     parser.add_argument("--prepare-tables", help="comma-separated call counts to seed")
     parser.add_argument("--json")
     args = parser.parse_args(argv)
@@ -492,7 +562,8 @@ def main(argv=None):
     import django
 
     django.setup()
-    figures = _cleanup() if args.cleanup else _admin_page()
+    figures = (_cleanup() if args.cleanup else _insert_probe() if args.insert_probe
+               else _admin_page())
     Path(args.json).write_text(json.dumps(figures))
 
 

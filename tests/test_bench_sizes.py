@@ -84,6 +84,7 @@ def test_sizes_scenario_by_body_and_by_table(tmp_path):
         assert t["c1_errors"] == 0 and t["c1_p50_ms"] > 0 and t["c1_cpu_us_per_request"] > 0
         assert t[f"c{x['connections']}_rps"] > 0
         assert 0 < t["first_page_ms"] and t["first_page_queries"] > 0
+        assert t["db_insert_cpu_us_per_call"] > 0 and t["db_insert_wall_p50_us"] > 0
         # What the run recorded is removed again, so the cached table keeps its count.
         assert t["removed_bench_calls"] > 0
     assert x["largest_vs_smallest"]["first_page_ratio"] > 0
