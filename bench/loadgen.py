@@ -94,6 +94,12 @@ def run_wrk(url, script, *, connections=1, threads=1, seconds=3.0, timeout_s=10)
 # -- event streams -----------------------------------------------------------------------
 
 
+#: The last event of a stream of named events (no ``data: [DONE]`` follows them).
+TERMINAL_EVENTS = (b"response.completed", b"response.incomplete", b"response.failed",
+                   b"speech.audio.done", b"transcript.text.done",
+                   b"image_generation.completed", b"image_edit.completed")
+
+
 @dataclass
 class StreamResult:
     status: int = 0
@@ -227,12 +233,18 @@ class SSEConnection:
                 if end < 0:
                     break
                 block, pending = pending[:end], pending[end + 2:]
+                name = b""
+                if block.startswith(b"event:"):  # a named event (Responses, speech, images)
+                    name, _, block = block.partition(b"\n")
+                    name = name[6:].strip()
                 if not block.startswith(b"data:"):
                     continue
                 payload = block[5:].strip()
                 if payload == b"[DONE]":
                     result.done = True
                     continue
+                if name in TERMINAL_EVENTS:  # named streams end with an event, not [DONE]
+                    result.done = True
                 if not result.event_times:
                     result.ttfe_ms = (now - sent) * 1000
                 result.event_times.append(now)

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from bench import harness as harness_module
-from bench import scenarios
+from bench import operations_bench, scenarios, sizes_bench
 from bench.harness import (
     ASGI_SERVERS,
     ROOT,
@@ -32,11 +32,12 @@ from bench.harness import (
 
 log = logging.getLogger("bench")
 
-ALL = ["latency", "responses", "throughput", "streaming", "slow_streams", "large_bodies",
-       "asgi_latency", "asgi_throughput", "asgi_streaming", "databases", "celery", "admin",
-       "serving", "soak", "upstreams", "limits", "tail"]
-QUICK = ["latency", "responses", "throughput", "streaming", "slow_streams", "large_bodies",
-         "asgi_latency", "asgi_throughput", "asgi_streaming"]
+ALL = ["latency", "responses", "speech", "throughput", "streaming", "responses_stream",
+       "slow_streams", "large_bodies", "asgi_latency", "asgi_throughput", "asgi_streaming",
+       "databases", "celery", "admin", "serving", "soak", "upstreams", "limits", "sizes",
+       "tail"]
+QUICK = ["latency", "responses", "speech", "throughput", "streaming", "responses_stream",
+         "slow_streams", "large_bodies", "asgi_latency", "asgi_throughput", "asgi_streaming"]
 ASGI_SCENARIOS = ("asgi_latency", "asgi_throughput", "asgi_streaming")
 # Only when asked: ``--peers`` (installs LiteLLM once), or ``--only peers`` (an installed one).
 OPT_IN = ["peers"]
@@ -172,6 +173,7 @@ def table(results):
             x["added_p50_ms"])
         row("1b createResponse c=1", "p99 (ms)", x["gateway_p99_ms"], x["direct_p99_ms"],
             x["added_p99_ms"])
+    operations_bench.table_rows(s, row)  # 1c speech, 3b createResponse stream
     if "throughput" in s:
         x = s["throughput"]
         row("2 throughput", f"req/s, recording on, c={x['connections']}", x["recorded_rps"],
@@ -329,6 +331,8 @@ def table(results):
         from bench import peers as peers_module
 
         peers_module.table_rows(s["peers"], row, fmt)
+    if "sizes" in s:
+        sizes_bench.table_rows(s["sizes"], row)
     for name, x in results["scenarios"].items():
         if "error" in x:
             row(name, "FAILED", x["error"][:200])
@@ -381,6 +385,10 @@ def parse_args(argv):
     parser.add_argument("--max-streams", type=int, default=None,
                         help="largest N tried in the slow-streams scenario")
     parser.add_argument("--admin-calls", type=int, default=1_000_000)
+    parser.add_argument("--sizes-tables", help="comma-separated call counts already in the "
+                        "table for the sizes scenario (default 10000,1000000,10000000)")
+    parser.add_argument("--sizes-parts", default="bodies,tables",
+                        help="the halves of the sizes scenario to run: bodies, tables or both")
     parser.add_argument("-v", "--verbose", action="store_true")
     return parser.parse_args(argv)
 
@@ -452,6 +460,7 @@ def main(argv=None):
         run("latency", lambda: scenarios.latency(ctx))
         run("responses", lambda: scenarios.latency(ctx, name="responses", path="/responses",
                                                    body=scenarios.RESPONSE))
+        run("speech", lambda: operations_bench.speech(ctx))
 
         def tput():
             off = harness.start_gateway(sqlite, server=args.server, workers=args.workers,
@@ -464,6 +473,7 @@ def main(argv=None):
 
         run("throughput", tput)
         run("streaming", lambda: scenarios.streaming(ctx))
+        run("responses_stream", lambda: operations_bench.responses_stream(ctx))
         run("slow_streams", lambda: scenarios.slow_streams(ctx))
         run("large_bodies", lambda: scenarios.large_bodies(ctx))
 
@@ -619,6 +629,11 @@ def main(argv=None):
                 harness.stop_gateway(one)
 
         run("soak", soak)
+        # 13. Cost as work grows: body sizes and table sizes (bench/sizes_bench.py).
+        run("sizes", lambda: sizes_bench.sizes(
+            ctx, quick=args.quick, server=args.server, workers=args.workers, threads=threads,
+            tables=[int(n) for n in args.sizes_tables.split(",")] if args.sizes_tables
+            else None, parts=args.sizes_parts.split(",")))
 
         def peers_():  # 13. LiteLLM proxy beside the gateway (bench/peers.py)
             from bench import peers as peers_module

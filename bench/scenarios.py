@@ -234,11 +234,13 @@ async def _sequential_streams(url, headers, body, count):
         conn.close()
 
 
-def streaming(ctx):
+def streaming(ctx, path="/chat/completions", body=None):
+    """Time to first event and event gaps of one streamed operation (chat by default),
+    gateway and direct interleaved round by round."""
     p = ctx.params
-    body = _stream_body(ctx)
-    gw_url = ctx.gateway.url + "/v1/chat/completions"
-    direct_url = ctx.upstream.url + "/chat/completions"
+    body = body or _stream_body(ctx)
+    gw_url = ctx.gateway.url + "/v1" + path
+    direct_url = ctx.upstream.url + path
     gw_h = {"Authorization": f"Bearer {ctx.harness.client_key}"}
     d_h = {"Authorization": f"Bearer {UPSTREAM_KEY}"}
 
