@@ -107,9 +107,11 @@ def needs_site_auth():
         return True
 
 
-def _plan():
-    if not _setting("ASGI_LEAN", True):
-        return _Plan("OPENAI_DJANGO['ASGI_LEAN'] is False")
+def _plan(switch="ASGI_LEAN"):
+    """Which middleware a lean /v1/ call goes through (``switch``: the setting that turns
+    this entry off; openai_django/wsgi.py shares the rest)."""
+    if not _setting(switch, True):
+        return _Plan(f"OPENAI_DJANGO['{switch}'] is False")
     if needs_site_auth():
         return _Plan("OPENAI_DJANGO['AUTHENTICATION_CLASSES'] accepts more than the issued "
                      "keys (it needs the site's session and auth middleware)")

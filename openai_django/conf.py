@@ -62,6 +62,10 @@ DEFAULTS = {
     # /v1/ operations served on the event loop without Django's per-request thread and the
     # thread hops of sync middleware. False: every request goes through Django's handler.
     "ASGI_LEAN": True,
+    # The lean WSGI entry (openai_django.wsgi.get_wsgi_application): /v1/ operations served
+    # without the cookie-session middleware and Django's second URL resolution, through the
+    # same middleware lists below. False: every request goes through Django's handler.
+    "WSGI_LEAN": True,
     # Site middleware a /v1/ call skips on the lean path (the cookie-session machinery: the
     # gateway authenticates keys, its views are CSRF exempt).
     "ASGI_LEAN_SKIP_MIDDLEWARE": [
