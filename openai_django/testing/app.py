@@ -429,6 +429,10 @@ class StandinApp:
                 if method == "DELETE":
                     self.log.clear()
                     return Response(200, dumps({"cleared": True}))
+            if name == "goaway" and method == "POST":
+                from .http2 import goaway_all
+
+                return Response(200, dumps({"connections": goaway_all()}))
             if name == "reset" and method == "POST":
                 self.faults.clear()
                 self.log.clear()
