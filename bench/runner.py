@@ -222,7 +222,8 @@ def table(results):
             x["rss_plateau_mb"], x["rss_per_stream_kb"])
         row(title, "open fds idle / peak (limit)", x["fds_idle"], x["fds_peak"],
             x["fd_limit_soft"])
-        row(title, "gateway CPU at plateau (cores)", x["cpu_cores_plateau"])
+        row(title, "gateway CPU at plateau (cores); per event, all in (us)",
+            x["cpu_cores_plateau"], x.get("cpu_us_per_event_all_in"))
         row(title, f"gap deviation p50 / p99 (ms), events {fmt(x['interval_ms'])} ms apart",
             x["gap_dev_p50_ms"], x["gap_dev_p99_ms"], x["gap_dev_max_ms"])
         row(title, "records succeeded", x["records_succeeded"], None,

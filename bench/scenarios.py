@@ -775,6 +775,13 @@ def soak(ctx, gateway, db, sp):
         "upstream_cpu_cores_plateau": (round((in_plateau[-1][4] - in_plateau[0][4])
                                              / plateau_s, 3) if plateau_s else None),
         "client_cpu_seconds": round(sum(s["cpu_seconds"] for s in summaries), 1),
+        # The gateway's and the stand-in's CPU over the whole soak (ramp, streams, records)
+        # per event the clients received: robust to a plateau that a loaded machine shifts.
+        "cpu_us_per_event_all_in": (round((samples[-1][3] - samples[0][3]) * 1e6 / max(
+            1, sum(s["events"] for s in summaries)), 1) if len(samples) > 1 else None),
+        "upstream_cpu_us_per_event_all_in": (round((samples[-1][4] - samples[0][4]) * 1e6
+                                                   / max(1, sum(s["events"] for s in summaries)),
+                                                   1) if len(samples) > 1 else None),
         "gaps_measured": len(dev),
         "gap_dev_p50_ms": _pct(dev, 50), "gap_dev_p99_ms": _pct(dev, 99),
         "gap_dev_max_ms": _pct(dev, 100),
