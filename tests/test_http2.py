@@ -322,6 +322,42 @@ def test_http11_clients_of_the_standin_are_unchanged(standin):
     assert response.status == 200 and parser.done and opened == 1 and h2pool is None
 
 
+def test_connection_failures_are_unavailable_and_unsent():
+    """No connection (refused), or a server that does not speak h2c (an HTTP/1.1-only one
+    answers the preface with an error): 502, marked unsent (a fallback upstream may be
+    asked, as over HTTP/1.1)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+
+    async def http11_only(reader, writer):
+        await reader.read(100)
+        writer.write(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close"
+                     b"\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    async def main():
+        refused = AsyncUpstreamClient(f"http://127.0.0.1:{port}/v1", "sk", http2=True,
+                                      connect_timeout=2)
+        with pytest.raises(UpstreamUnavailable, match="could not be reached") as first:
+            await refused.send("POST", "/chat/completions", body=CHAT, content_type=JSON)
+        server = await asyncio.start_server(http11_only, "127.0.0.1", 0)
+        other = server.sockets[0].getsockname()[1]
+        h1 = AsyncUpstreamClient(f"http://127.0.0.1:{other}/v1", "sk", http2=True,
+                                 connect_timeout=2)
+        with pytest.raises(UpstreamUnavailable, match="no HTTP/2 from the upstream") as second:
+            await h1.send("POST", "/chat/completions", body=CHAT, content_type=JSON)
+        server.close()
+        return first.value, second.value
+
+    first, second = run(main())
+    assert first.status_code == second.status_code == 502
+    assert first.unsent and second.unsent
+
+
 # -- the gateway under uvicorn, HTTP/2 on ---------------------------------------------------
 
 

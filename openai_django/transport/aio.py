@@ -374,6 +374,8 @@ class AsyncUpstreamClient:
         fields = self._fields(method, target, headers, content_type, admin)
         try:
             sent = await http2.send(self.h2pool, method, target, fields, body or None)
+        except http2.NotSent as exc:  # no connection: a fallback may be asked
+            raise _failure(exc.error, sent=False) from exc.error
         except (OSError, http2.StreamError, *_TIMEOUTS) as exc:
             raise _failure(exc) from exc
         if sent is None:

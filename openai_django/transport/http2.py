@@ -65,6 +65,15 @@ class Refused(Exception):
     stream id): it may be sent again."""
 
 
+class NotSent(Exception):
+    """No connection could be had, or the server refused the stream every time: the request
+    was not processed (``error``: why), so a fallback upstream may be asked."""
+
+    def __init__(self, error):
+        super().__init__(str(error))
+        self.error = error
+
+
 class StreamError(Exception):
     """The server reset the stream, or the connection went away under it."""
 
@@ -279,8 +288,9 @@ class H2Connection(asyncio.Protocol):
         self.closed = True
         self.pool.forget(self)
         if not self.ready.done():
-            self.ready.set_exception(ConnectionResetError("connection closed before "
-                                                          "the HTTP/2 preface"))
+            self.ready.set_exception(ConnectionResetError(
+                f"no HTTP/2 from the upstream ({error}; HTTP2 is on: h2c for http, h2 by "
+                f"ALPN for https)"))
             self.ready.exception()
         streams, self.streams = self.streams, {}
         for stream in streams.values():
@@ -509,7 +519,10 @@ async def send(pool, method, target, header_lines, body):
     if body is not None or method in ("POST", "PUT", "PATCH"):
         headers.append((b"content-length", str(len(body) if body else 0).encode()))
     for attempt in (1, 2, 3):
-        conn = await pool.connection()
+        try:
+            conn = await pool.connection()
+        except (OSError, TimeoutError, asyncio.TimeoutError) as exc:
+            raise NotSent(exc) from exc
         if conn is None:
             return None
         try:
@@ -529,7 +542,7 @@ async def send(pool, method, target, header_lines, body):
             if attempt < 3:
                 logger.debug("HTTP/2 stream %s not processed; sent again", stream.id)
                 continue
-            raise StreamError("the upstream refused the stream") from None
+            raise NotSent(StreamError("the upstream refused the stream")) from None
         except BaseException:
             stream.reset()
             raise
@@ -543,7 +556,7 @@ async def send(pool, method, target, header_lines, body):
                 value = value.decode("latin-1")
                 out[key] = f"{out[key]}, {value}" if key in out else value
         return stream, status, out
-    raise StreamError("the upstream refused the stream")
+    raise NotSent(StreamError("the upstream refused the stream"))
 
 
 class H2StreamHandle:
