@@ -230,13 +230,15 @@ def table(results):
                 x[f"{side}_coalesced"])
     if "soak" in s:
         x = s["soak"]
-        title = f"10 soak {x['streams']:,} x {fmt(x['stream_seconds'])} s, 1 {x['server']} worker"
+        title = (f"10 soak {x['streams']:,} x {fmt(x['stream_seconds'])} s, 1 {x['server']} "
+                 f"worker, HTTP/{x.get('upstream_http', '1.1')} upstream")
         row(title, "errors (kinds)", x["errors"], str(x["error_kinds"] or "-")[:120])
         row(title, "RSS idle / plateau MB, KB per stream", x["rss_idle_mb"],
             x["rss_plateau_mb"], x["rss_per_stream_kb"])
         row(title, "open fds idle / peak (limit)", x["fds_idle"], x["fds_peak"],
             x["fd_limit_soft"])
-        row(title, "gateway CPU at plateau (cores)", x["cpu_cores_plateau"])
+        row(title, "gateway CPU at plateau (cores); per event, all in (us)",
+            x["cpu_cores_plateau"], x.get("cpu_us_per_event_all_in"))
         row(title, f"gap deviation p50 / p99 (ms), events {fmt(x['interval_ms'])} ms apart",
             x["gap_dev_p50_ms"], x["gap_dev_p99_ms"], x["gap_dev_max_ms"])
         row(title, "records succeeded", x["records_succeeded"], None,
@@ -375,6 +377,9 @@ def parse_args(argv):
     parser.add_argument("--soak-ramp", type=float, default=None,
                         help="seconds over which the soak's streams open (default min(20, "
                              "seconds / 3))")
+    parser.add_argument("--soak-http", choices=("2", "1.1"), default="2",
+                        help="the soak gateway's protocol to the upstream (2: h2c, many "
+                             "streams a connection)")
     parser.add_argument("--soak-generators", type=int, default=2,
                         help="load generator processes of the soak")
     parser.add_argument("--workers", type=int, default=2)
@@ -618,13 +623,15 @@ def main(argv=None):
             # (the records are counted there at the end).
             db = harness.sqlite("soak")
             one = harness.start_gateway(db, server=args.asgi_server, workers=1, threads=1,
-                                        name="gateway-soak")
+                                        name="gateway-soak", env={
+                                            "OPENAI_DJANGO_HTTP2":
+                                                "1" if args.soak_http == "2" else "0"})
             try:
                 scenarios.check_contract(ctx, one)
                 return scenarios.soak(ctx, one, db, scenarios.SoakParams(
                     streams=args.soak_streams, seconds=args.soak_seconds,
                     interval_ms=args.soak_interval_ms, ramp=args.soak_ramp,
-                    shares=args.soak_generators))
+                    shares=args.soak_generators, http=args.soak_http))
             finally:
                 harness.stop_gateway(one)
 

@@ -671,6 +671,7 @@ class SoakParams:
     interval_ms: float = 500.0
     ramp: float = None  # seconds over which the streams open; default min(20, seconds / 3)
     shares: int = 2  # load generator processes
+    http: str = "2"  # the gateway's protocol to the upstream: "2" (h2c) or "1.1"
 
     def ramp_seconds(self):
         return self.ramp if self.ramp is not None else min(20.0, self.seconds / 3)
@@ -800,13 +801,23 @@ def soak(ctx, gateway, db, sp):
                               if rss_plateau else None),
         "fds_idle": idle["fds"], "fds_peak": max((x[2] for x in samples), default=None),
         "fd_limit_soft": soft, "fd_limit_hard": hard,
-        # Two sockets a stream (the client's and the upstream's) and the idle process's own.
-        "fds_needed": 2 * sp.streams + idle["fds"],
+        # A socket a stream for the client, and for the upstream one a stream (HTTP/1.1) or
+        # one per MAX_CONCURRENT_STREAMS streams (HTTP/2: the stand-in allows 100).
+        "upstream_http": sp.http,
+        "fds_needed": (2 * sp.streams if sp.http == "1.1" else sp.streams + -(-sp.streams // 100))
+        + idle["fds"],
         "cpu_cores_plateau": (round((in_plateau[-1][3] - in_plateau[0][3]) / plateau_s, 3)
                               if plateau_s else None),
         "upstream_cpu_cores_plateau": (round((in_plateau[-1][4] - in_plateau[0][4])
                                              / plateau_s, 3) if plateau_s else None),
         "client_cpu_seconds": round(sum(s["cpu_seconds"] for s in summaries), 1),
+        # The gateway's and the stand-in's CPU over the whole soak (ramp, streams, records)
+        # per event the clients received: robust to a plateau that a loaded machine shifts.
+        "cpu_us_per_event_all_in": (round((samples[-1][3] - samples[0][3]) * 1e6 / max(
+            1, sum(s["events"] for s in summaries)), 1) if len(samples) > 1 else None),
+        "upstream_cpu_us_per_event_all_in": (round((samples[-1][4] - samples[0][4]) * 1e6
+                                                   / max(1, sum(s["events"] for s in summaries)),
+                                                   1) if len(samples) > 1 else None),
         "gaps_measured": len(dev),
         "gap_dev_p50_ms": _pct(dev, 50), "gap_dev_p99_ms": _pct(dev, 99),
         "gap_dev_max_ms": _pct(dev, 100),

@@ -4,7 +4,9 @@
 --interval-ms G --out PREFIX`` opens the streams ``i`` of ``range(N)`` with ``i % K == I``,
 stream ``i`` at ``T + S * i / N`` (``T`` is a ``time.monotonic()`` instant: CLOCK_MONOTONIC is
 one clock for every process of the machine, so the shares ramp as one), each on its own
-connection (:func:`bench.loadgen.one_stream`). Every event is stamped on arrival; the gaps
+connection (:func:`lean_stream`: a protocol that counts and stamps events without parsing
+them, so the generators leave the box's CPU to the gateway). Every event is stamped on
+arrival; the gaps
 between two events that both arrived while all N streams were open (``--plateau A B``) are
 written as deviations from ``G`` (float32, ms) to ``PREFIX.gaps``, and a summary to
 ``PREFIX.json``. Several shares spread the client's CPU over the cores (Python parses
@@ -36,8 +38,103 @@ def _pct(values, q):
     return round(ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))], 3)
 
 
+class _Result:
+    __slots__ = ("status", "ttfe_ms", "event_times", "done", "error")
+
+    def __init__(self):
+        self.status, self.ttfe_ms, self.event_times = 0, 0.0, []
+        self.done, self.error = False, ""
+
+    @property
+    def ok(self):
+        return self.status == 200 and self.done and not self.error
+
+
+class _LeanStream(asyncio.Protocol):
+    """One SSE stream over HTTP/1.1 on ``asyncio.Protocol``, as cheap per event as a client
+    can be: no stream reader, no de-chunking, no parsing of the payloads. Each read's
+    events are counted (``\\n\\n``: an event's end; the chunked framing only has CRLFs) and
+    stamped with the read's arrival time; ``[DONE]`` and the chunked terminator end it."""
+
+    def __init__(self, request, result, finished):
+        self.request, self.result, self.finished = request, result, finished
+        self.head = b""
+        self.tail = b""
+        self.sent = 0.0
+        self.transport = None
+
+    def connection_made(self, transport):
+        self.transport = transport
+        self.sent = time.perf_counter()
+        transport.write(self.request)
+
+    def data_received(self, data):
+        now = time.perf_counter()
+        result = self.result
+        if not result.status:
+            self.head += data
+            end = self.head.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            line = self.head[:self.head.find(b"\r\n")].split()
+            result.status = int(line[1]) if len(line) > 1 else 999
+            data, self.head = self.head[end + 4:], b""
+            if result.status != 200:
+                self._end()
+                return
+        # One byte of the read before: an event's blank line split across two reads.
+        n = (self.tail + data).count(b"\n\n")
+        if n:
+            if b"[DONE]" in data:
+                result.done = True
+                n -= 1
+            if n > 0:
+                if not result.event_times:
+                    result.ttfe_ms = (now - self.sent) * 1000
+                result.event_times.extend((now,) * n)
+        self.tail = data[-1:]
+        if data.endswith(b"0\r\n\r\n"):
+            self._end()
+
+    def _end(self):
+        if not self.finished.done():
+            self.finished.set_result(None)
+        self.transport.close()
+
+    def connection_lost(self, exc):
+        if not self.finished.done():
+            self.result.error = f"connection lost: {exc}" if exc else "connection closed"
+            self.finished.set_result(None)
+
+
+async def lean_stream(url, headers, body, timeout):
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    head = [f"POST {parts.path} HTTP/1.1", f"Host: {parts.hostname}:{parts.port}",
+            f"Content-Length: {len(body)}", "Content-Type: application/json",
+            "Accept: text/event-stream", *(f"{k}: {v}" for k, v in headers.items())]
+    request = ("\r\n".join(head) + "\r\n\r\n").encode() + body
+    loop = asyncio.get_running_loop()
+    result, finished = _Result(), loop.create_future()
+    transport = None
+    try:
+        transport, _ = await asyncio.wait_for(loop.create_connection(
+            lambda: _LeanStream(request, result, finished), parts.hostname, parts.port),
+            timeout)
+        await asyncio.wait_for(finished, timeout)
+    except asyncio.TimeoutError:
+        result.error = "timeout"
+    except OSError as exc:
+        result.error = f"{type(exc).__name__}: {exc}"
+    finally:
+        if transport is not None:
+            transport.close()
+    return result
+
+
 async def _share(opts):
-    from bench.loadgen import one_stream
+    one_stream = lean_stream
 
     headers = {"Authorization": f"Bearer {opts.key}"}
     mine = [i for i in range(opts.streams) if i % opts.shares == opts.share]

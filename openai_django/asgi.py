@@ -39,6 +39,7 @@ middleware (``AUTHENTICATION_CLASSES`` naming anything but the issued keys, e.g.
 import asyncio
 import logging
 import threading
+from contextlib import aclosing
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.conf import settings
@@ -271,7 +272,7 @@ class GatewayASGI:
             if isinstance(response, FileResponse):
                 response.block_size = handler.chunk_size
             try:
-                await handler.send_response(response, send)
+                await send_response(handler, response, send)
             except asyncio.CancelledError:
                 pass  # the client went away while it was sent
             return response
@@ -301,6 +302,40 @@ class GatewayASGI:
         else:
             await db(response.close)()
         body_file.close()
+
+
+async def send_response(handler, response, send):
+    """Django's ``ASGIHandler.send_response``; an async stream (the gateway's relays) is sent
+    part by part from its own iterator, without Django's two async-generator wrappers
+    (``__aiter__``, ``streaming_content``) and its chunking generator on every part: the same
+    messages (one ``http.response.body`` a part, parts over ``chunk_size`` split), the
+    iterator closed the same way (``aclosing``), three hops fewer an event."""
+    if not (response.streaming and getattr(response, "is_async", False)):
+        return await handler.send_response(response, send)
+    headers = []
+    for header, value in response.items():
+        if isinstance(header, str):
+            header = header.encode("ascii")
+        if isinstance(value, str):
+            value = value.encode("latin1")
+        headers.append((bytes(header), bytes(value)))
+    for cookie in response.cookies.values():
+        headers.append((b"Set-Cookie", cookie.output(header="").encode("ascii").strip()))
+    await send({"type": "http.response.start", "status": response.status_code,
+                "headers": headers})
+    limit = handler.chunk_size
+    make_bytes = response.make_bytes
+    async with aclosing(response._iterator) as content:
+        async for part in content:
+            if type(part) is not bytes:
+                part = make_bytes(part)
+            if len(part) <= limit:
+                await send({"type": "http.response.body", "body": part, "more_body": True})
+            else:
+                for chunk, _ in handler.chunk_bytes(part):
+                    await send({"type": "http.response.body", "body": chunk,
+                                "more_body": True})
+    await send({"type": "http.response.body"})
 
 
 def _site_receivers(signal):

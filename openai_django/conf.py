@@ -53,6 +53,11 @@ DEFAULTS = {
     "READ_TIMEOUT": 600.0,
     # Size of the pooled keep-alive connection pool to the upstream (per process).
     "POOL_SIZE": 64,
+    # HTTP/2 to the ``BASE_URL`` upstream from the async (ASGI) client: h2 offered in ALPN for
+    # https (HTTP/1.1 if the server does not pick it), prior-knowledge h2c for http. Many
+    # streams share a connection (README "HTTP/2 to the upstream"); each of ``UPSTREAMS``
+    # has its own ``"http2"``. The sync (WSGI) client stays on HTTP/1.1.
+    "HTTP2": False,
     # The gateway's transport: "auto" serves async views under ASGI (the URLconf is loaded on
     # the event loop) and sync ones under WSGI; "sync" or "async" forces one.
     "TRANSPORT": "auto",

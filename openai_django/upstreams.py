@@ -57,7 +57,8 @@ DEFAULT = "default"  # the name of the one BASE_URL upstream
 KINDS = ("openai", "azure", "compatible")
 OPTIONS = {"base_url", "kind", "api_key", "api_key_env", "admin_api_key", "admin_api_key_env",
            "organization", "headers", "connect_timeout", "read_timeout", "pool_size", "proxy",
-           "ca_bundle", "client_cert", "models", "api_version", "azure_style", "auth"}
+           "ca_bundle", "client_cert", "models", "api_version", "azure_style", "auth",
+           "http2"}
 # Operations Azure serves under /openai/deployments/{deployment}/ (the model is the path).
 AZURE_DEPLOYMENT_PATHS = frozenset({
     "/chat/completions", "/completions", "/embeddings", "/images/generations",
@@ -88,6 +89,7 @@ class Upstream:
     models: tuple = ()  # ((pattern, rename or None), ...)
     api_version: str | None = None
     azure_style: str = "deployments"  # or "v1": /openai/v1/...
+    http2: bool = False  # the async client speaks HTTP/2 to it (transport/http2.py)
 
     def serves(self, model):
         """The model name this upstream is sent for ``model``, or ``None``."""
@@ -207,7 +209,8 @@ def build_upstream(name, options):
         client_cert=options.get("client_cert"), models=_models(options.get("models"), where),
         api_version=(None if options.get("api_version") == "v1"
                      else options.get("api_version")),
-        azure_style=style or "deployments")
+        azure_style=style or "deployments",
+        http2=bool(options.get("http2", app_settings.HTTP2)))
 
 
 def _build_config():
@@ -220,7 +223,7 @@ def _build_config():
             connect_timeout=app_settings.CONNECT_TIMEOUT,
             read_timeout=app_settings.READ_TIMEOUT, pool_size=app_settings.POOL_SIZE,
             proxy=app_settings.PROXY, ca_bundle=app_settings.CA_BUNDLE,
-            client_cert=app_settings.CLIENT_CERT)
+            client_cert=app_settings.CLIENT_CERT, http2=bool(app_settings.HTTP2))
         return Config({DEFAULT: upstream}, DEFAULT, single=True)
     if isinstance(configured, (list, tuple)):
         items = []
@@ -332,7 +335,8 @@ def aclient(upstream):
         from openai_django.transport.aio import AsyncUpstreamClient
 
         found = clients.setdefault(upstream.name,
-                                   AsyncUpstreamClient(**upstream.client_options()))
+                                   AsyncUpstreamClient(**upstream.client_options(),
+                                                       http2=upstream.http2))
     return found
 
 

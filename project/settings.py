@@ -184,6 +184,8 @@ OPENAI_DJANGO = {
     # Rate-limit counters in Redis when this names one (else the database; bench/limits).
     "RATE_LIMIT_REDIS_URL": os.environ.get("OPENAI_DJANGO_RATE_LIMIT_REDIS_URL") or None,
     "RATE_LIMIT_BACKEND": os.environ.get("OPENAI_DJANGO_RATE_LIMIT_BACKEND") or None,
+    # OPENAI_DJANGO_HTTP2=1: the async client speaks HTTP/2 to the upstream (the bench's soak).
+    "HTTP2": env_bool("OPENAI_DJANGO_HTTP2", False),
 }
 # OPENAI_DJANGO_METRICS_TOKEN=<token>: Prometheus metrics at /metrics for that bearer token (and
 # staff sessions); unset: off.

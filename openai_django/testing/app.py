@@ -142,6 +142,7 @@ class StandinApp:
                  config: Config | None = None, log_size: int = 200) -> None:
         self.api_key = api_key or None
         self.fast = fast
+        self._pacer: Any = None  # the streams' one timer (.pacer), made on first use
         self.config = config or Config()
         self._initial_config = self.config.as_dict()
         self._initial_config["image_base_url"] = self.config.image_base_url
@@ -289,6 +290,23 @@ class StandinApp:
         events = plan.events
         if named and kind == "no_done":
             events = list(events)[:-1]  # no terminal event (``response.completed``)
+        if kind is None and (plan.ttft > 0 or plan.gap > 0):
+            # Paced, no fault: one timer for every stream (.pacer), not a sleep per event.
+            pacer = self._pacer
+            if pacer is None:
+                from .pacer import Pacer
+
+                pacer = self._pacer = Pacer(asyncio.get_running_loop())
+            if named:
+                chunks = (b"event: " + p[0] + b"\ndata: " + p[1] + b"\n\n" for p in events)
+            else:
+                chunks = (b"data: " + p + b"\n\n" for p in events)
+            if not await pacer.run(conn, chunks, plan.ttft, plan.gap) or conn.closed:
+                return
+            if plan.done_marker:
+                conn.send_chunk(b"data: [DONE]\n\n")
+            conn.end_stream()
+            return
         for payload in events:
             if sent == after:
                 if kind == "cut":
@@ -429,6 +447,10 @@ class StandinApp:
                 if method == "DELETE":
                     self.log.clear()
                     return Response(200, dumps({"cleared": True}))
+            if name == "goaway" and method == "POST":
+                from .http2 import goaway_all
+
+                return Response(200, dumps({"connections": goaway_all()}))
             if name == "reset" and method == "POST":
                 self.faults.clear()
                 self.log.clear()

@@ -171,8 +171,13 @@ class HTTPProtocol(asyncio.Protocol):
     """One client connection.  Also the "connection" object handed to async handlers."""
 
     def __init__(self, app: Any, loop: asyncio.AbstractEventLoop, *, scheme: str = "http",
-                 max_body: int = 512 * 1024 * 1024) -> None:
+                 max_body: int = 512 * 1024 * 1024, h2_max_streams: int | None = None) -> None:
         self.app = app
+        # HTTP/2 (.http2): a connection that opens with the client preface, or chose h2 in
+        # ALPN, is served by an H2Session from then on; ``_sniff`` until the first bytes.
+        self.h2: Any = None
+        self._sniff = True
+        self.h2_max_streams = h2_max_streams
         self.loop = loop
         self.scheme = scheme
         self.max_body = max_body
@@ -200,9 +205,21 @@ class HTTPProtocol(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        ssl_object = transport.get_extra_info("ssl_object")
+        if ssl_object is not None and ssl_object.selected_alpn_protocol() == "h2":
+            self._start_h2()
+
+    def _start_h2(self) -> None:
+        from .http2 import H2Session
+
+        self._sniff = False
+        self.h2 = H2Session(self.app, self.loop, self.transport, self.scheme, self.max_body,
+                            self.h2_max_streams)
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self.closed = True
+        if self.h2 is not None:
+            self.h2.lost()
         waiter = self._drain_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -211,14 +228,34 @@ class HTTPProtocol(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.write_paused = True
+        if self.h2 is not None:
+            self.h2.pause_writing()
 
     def resume_writing(self) -> None:
         self.write_paused = False
+        if self.h2 is not None:
+            self.h2.resume_writing()
         waiter = self._drain_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
     def data_received(self, data: bytes) -> None:
+        if self.h2 is not None:
+            self.h2.feed(data)
+            return
+        if self._sniff:  # the connection's first bytes: HTTP/2's preface?
+            from .http2 import PREFACE
+
+            head = bytes(self.buf) + data
+            if PREFACE.startswith(head[:24]) and len(head) < 24:
+                self.buf += data
+                return
+            self._sniff = False
+            if head.startswith(PREFACE):
+                self.buf.clear()
+                self._start_h2()
+                self.h2.feed(head)
+                return
         self.buf += data
         if self.busy:
             if len(self.buf) > MAX_PIPELINE_BUFFER and not self._reading_paused:

@@ -44,6 +44,8 @@ _KNOB_FLAGS = {
     "tls_port": "--tls-port",
     "fast": "--fast",
     "no_uvloop": "--no-uvloop",
+    "h2_max_streams": "--h2-max-streams",
+    "tls_h2": "--tls-h2",
 }
 
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
@@ -59,7 +61,7 @@ class StandinServer:
 
     ``StandinServer(host="127.0.0.1", port=0, tls=False, **knobs)`` where knobs are any of
     ``api_key, ttft_ms, gap_ms, events, image_base_url, embedding_dimensions, job_seconds, log_size,
-    max_body_mb, log_level, tls_port, fast, no_uvloop`` (the CLI flags of
+    max_body_mb, log_level, tls_port, fast, no_uvloop, h2_max_streams, tls_h2`` (the CLI flags of
     ``python -m openai_django.testing.upstream``), plus ``startup_timeout`` (seconds).
 
     After :meth:`start`: ``url`` (``http://127.0.0.1:PORT/v1``, what an OpenAI client takes as
@@ -248,6 +250,11 @@ class StandinServer:
 
     def clear_requests(self) -> None:
         self.control("DELETE", "requests")
+
+    def goaway(self) -> int:
+        """Send HTTP/2 GOAWAY on every HTTP/2 connection (in-flight streams finish); how
+        many connections."""
+        return self.control("POST", "goaway")["connections"]
 
     def reset(self) -> None:
         """Clear faults, the log, files and fine-tunes, and restore the starting config."""

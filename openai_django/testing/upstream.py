@@ -50,6 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fast", action="store_true", help="benchmark mode: no request log")
     p.add_argument("--exit-with-parent", action="store_true",
                    help="exit when the parent process goes away (no orphans in CI)")
+    p.add_argument("--h2-max-streams", type=int, default=None,
+                   help="HTTP/2 MAX_CONCURRENT_STREAMS a connection (default 100)")
+    p.add_argument("--tls-h2", action="store_true",
+                   help="offer h2 in ALPN on the TLS port (else HTTP/1.1 only there)")
     p.add_argument("--no-uvloop", action="store_true", help="use asyncio's own event loop")
     p.add_argument("--log-level", default="warning")
     return p
@@ -88,7 +92,8 @@ async def serve(opts: argparse.Namespace) -> None:
     max_body = opts.max_body_mb * 1024 * 1024
 
     server = await loop.create_server(
-        lambda: HTTPProtocol(app, loop, scheme="http", max_body=max_body),
+        lambda: HTTPProtocol(app, loop, scheme="http", max_body=max_body,
+                             h2_max_streams=opts.h2_max_streams),
         opts.host, opts.port, backlog=4096, reuse_address=True)
     port = server.sockets[0].getsockname()[1]
     urls = [_url("http", opts.host, port)]
@@ -96,9 +101,10 @@ async def serve(opts: argparse.Namespace) -> None:
     if opts.tls_cert:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.load_cert_chain(opts.tls_cert, opts.tls_key)
-        ctx.set_alpn_protocols(["http/1.1"])
+        ctx.set_alpn_protocols(["h2", "http/1.1"] if opts.tls_h2 else ["http/1.1"])
         tls_server = await loop.create_server(
-            lambda: HTTPProtocol(app, loop, scheme="https", max_body=max_body),
+            lambda: HTTPProtocol(app, loop, scheme="https", max_body=max_body,
+                                 h2_max_streams=opts.h2_max_streams),
             opts.host, opts.tls_port, ssl=ctx, backlog=4096, reuse_address=True)
         urls.append(_url("https", opts.host, tls_server.sockets[0].getsockname()[1]))
         servers.append(tls_server)

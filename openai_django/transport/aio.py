@@ -244,7 +244,7 @@ class AsyncUpstreamClient:
     def __init__(self, base_url, api_key, *, organization=None, connect_timeout=10.0,
                  read_timeout=600.0, pool_size=64, admin_api_key=None, ssl_context=None,
                  proxy=None, ca_bundle=None, client_cert=None, headers=None,
-                 key_header=None):
+                 key_header=None, http2=False):
         self.base_url = base_url.rstrip("/")
         parts = urlsplit(self.base_url)
         self.base_path = parts.path.rstrip("/")
@@ -263,6 +263,13 @@ class AsyncUpstreamClient:
         self.pool = AsyncConnectionPool(scheme, host, port, connect_timeout=connect_timeout,
                                         read_timeout=read_timeout, maxsize=pool_size,
                                         ssl_context=ssl_context, proxy=proxy)
+        # HTTP/2 (openai_django/transport/http2.py): h2 in ALPN for https, prior-knowledge
+        # h2c for http; not through a proxy.
+        self.h2pool = None
+        if http2 and proxy is None:
+            from openai_django.transport.http2 import H2Pool
+
+            self.h2pool = H2Pool(self.pool, self.host_header)
 
     def target(self, path, query=""):
         target = self.base_path + path
@@ -306,6 +313,12 @@ class AsyncUpstreamClient:
             body = body.encode()
         elif body is not None and not isinstance(body, (bytes, bytearray, memoryview)):
             body = body.read()  # a file-like body, as http.client takes one
+        h2pool = self.h2pool
+        if h2pool is not None and not h2pool.http11_only:
+            response = await self._send_h2(method, self.target(path, query), headers,
+                                           content_type, admin, body, stream, start)
+            if response is not None:
+                return response
         request = self._head(method, self.target(path, query), headers, content_type, admin,
                              body)
         if body and len(body) <= SMALL_BODY:
@@ -331,6 +344,60 @@ class AsyncUpstreamClient:
             conn.close()
             raise
         self.pool.put(conn)
+        response.elapsed_ms = (time.perf_counter() - start) * 1000
+        return response
+
+    def _fields(self, method, target, headers, content_type, admin):
+        """The request's header fields as ``(name, value)`` pairs, checked as ``_head``
+        checks them (HTTP/2 carries the same fields; ``Host`` is ``:authority``)."""
+        out = request_headers(headers, content_type=content_type,
+                              key=self.admin_api_key if admin else self.api_key,
+                              organization=self.organization, key_header=self.key_header,
+                              extra=self.extra_headers)
+        if _BAD_TARGET(target) or not method.isalpha():
+            raise ValueError(f"invalid request line: {method!r} {target!r}")
+        fields = [] if any(k.lower() == "accept-encoding" for k in out) else [
+            ("accept-encoding", "identity")]
+        for name, value in out.items():
+            value = str(value)
+            if "\r" in value or "\n" in value or "\r" in name or "\n" in name:
+                raise ValueError(f"invalid header {name!r}")
+            fields.append((name, value))
+        return fields
+
+    async def _send_h2(self, method, target, headers, content_type, admin, body, stream,
+                       start):
+        """:meth:`send` over HTTP/2; ``None`` when the origin turned out to speak HTTP/1.1
+        only (then the caller sends over HTTP/1.1)."""
+        from openai_django.transport import http2
+
+        fields = self._fields(method, target, headers, content_type, admin)
+        try:
+            sent = await http2.send(self.h2pool, method, target, fields, body or None)
+        except http2.NotSent as exc:  # no connection: a fallback may be asked
+            raise _failure(exc.error, sent=False) from exc.error
+        except (OSError, http2.StreamError, *_TIMEOUTS) as exc:
+            raise _failure(exc) from exc
+        if sent is None:
+            return None
+        h2stream, status, headers_out = sent
+        response = UpstreamResponse(status=status, headers=headers_out,
+                                    first_byte_ms=(time.perf_counter() - start) * 1000)
+        if stream and headers_out.get("content-type", "").startswith("text/event-stream"):
+            response.raw = http2.H2StreamHandle(h2stream)
+            return response
+        try:
+            response.body = await http2.read_body(h2stream)
+        except _TIMEOUTS as exc:
+            h2stream.reset()
+            raise UpstreamTimeout("The upstream API stopped sending its response.") from exc
+        except (http2.StreamError, http2.Refused, OSError) as exc:
+            h2stream.reset()
+            raise UpstreamUnavailable(
+                f"The upstream API broke off its response: {_reason(exc)}") from exc
+        except BaseException:
+            h2stream.reset()
+            raise
         response.elapsed_ms = (time.perf_counter() - start) * 1000
         return response
 
@@ -381,6 +448,8 @@ class AsyncUpstreamClient:
     async def aclose(self):
         """Close the idle connections (streams still open keep theirs)."""
         self.pool.clear()
+        if self.h2pool is not None:
+            self.h2pool.clear()
 
 
 # -- HTTP/1.1 framing -----------------------------------------------------------------------
@@ -638,7 +707,9 @@ def get_async_client():
     loop = asyncio.get_running_loop()
     client = _clients.get(loop)
     if client is None:
-        client = AsyncUpstreamClient(**client_options())
+        from openai_django.conf import app_settings
+
+        client = AsyncUpstreamClient(**client_options(), http2=bool(app_settings.HTTP2))
         with _clients_lock:
             client = _clients.setdefault(loop, client)
     return client
@@ -665,9 +736,13 @@ def reset_async_client():
     for loop, client in old:
         if loop is current:
             client.pool.clear()
+            if client.h2pool is not None:
+                client.h2pool.clear()
         elif not loop.is_closed():
             try:
                 loop.call_soon_threadsafe(client.pool.clear)
+                if client.h2pool is not None:
+                    loop.call_soon_threadsafe(client.h2pool.clear)
             except RuntimeError:  # closed meanwhile
                 pass
 
