@@ -131,6 +131,15 @@ DEFAULTS = {
     # request thread gets there first, each request still waiting for its own row to be
     # committed (openai_django/writer.py). Worth it under concurrency, above all on SQLite.
     "WRITER": False,
+    # SQLite in WAL mode: checkpoints (the copy of the log into the database, with its two
+    # fsyncs) run in a thread of each process instead of in the request whose commit crossed
+    # SQLite's 1000-page mark (openai_django/sqlite_wal.py): PASSIVE once "PAGES" frames wait
+    # to be copied, FULL (the write lock for at most "FULL_WAIT" seconds) once the WAL holds
+    # "FULL_PAGES" frames, looked at every "INTERVAL" seconds; each connection's own
+    # auto-checkpoint kept as a safety net at "FALLBACK_PAGES" (default 4 x FULL_PAGES).
+    # None: SQLite's own auto-checkpoint, in the committing request.
+    "SQLITE_CHECKPOINT": {"PAGES": 4000, "FULL_PAGES": 16000, "INTERVAL": 0.1,
+                          "FULL_WAIT": 0.02},
     # What to record. Operations listed in METADATA_ONLY_OPERATIONS keep no bodies/artifacts.
     "RECORD_BODIES": True,
     "RECORD_STREAM_EVENTS": True,

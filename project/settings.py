@@ -183,6 +183,10 @@ OPENAI_DJANGO = {
     "RATE_LIMIT_REDIS_URL": os.environ.get("OPENAI_DJANGO_RATE_LIMIT_REDIS_URL") or None,
     "RATE_LIMIT_BACKEND": os.environ.get("OPENAI_DJANGO_RATE_LIMIT_BACKEND") or None,
 }
+# OPENAI_DJANGO_SQLITE_CHECKPOINT=0: SQLite's own WAL auto-checkpoint, in the committing request
+# (what the benchmark measured before openai_django/sqlite_wal.py).
+if not env_bool("OPENAI_DJANGO_SQLITE_CHECKPOINT", True):
+    OPENAI_DJANGO["SQLITE_CHECKPOINT"] = None
 # OPENAI_DJANGO_METRICS_TOKEN=<token>: Prometheus metrics at /metrics for that bearer token (and
 # staff sessions); unset: off.
 if os.environ.get("OPENAI_DJANGO_METRICS_TOKEN"):
