@@ -16,6 +16,7 @@ class OpenAIDjangoConfig(AppConfig):
             access,
             checks,
             controls,
+            gcfreeze,
             handlers,
             metrics,
             policy,
