@@ -142,8 +142,10 @@ DEFAULTS = {
                           "FULL_WAIT": 0.02},
     # gc.freeze() after a process's 1st, 10th, 100th and 1000th request, so that Python's full
     # collections skip what the process loaded to serve (openai_django/gcfreeze.py): measured,
-    # 60-410 ms each otherwise, once every ~1,500 calls per worker. False: the collector as is.
-    "GC_FREEZE": True,
+    # 60-410 ms each otherwise, once every ~1,500 calls per worker. The number: seconds between
+    # the full collections still made (unfreeze, collect, freeze: what retired threads left,
+    # their database connections, is freed). None: the collector as it is.
+    "GC_FREEZE": 600,
     # What to record. Operations listed in METADATA_ONLY_OPERATIONS keep no bodies/artifacts.
     "RECORD_BODIES": True,
     "RECORD_STREAM_EVENTS": True,

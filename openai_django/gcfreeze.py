@@ -12,10 +12,17 @@ moves every object then tracked into the permanent generation, which collections
 objects are not copied or changed: reference counting still frees any of them that is
 released; only a reference cycle made of frozen objects would never be collected (what is
 alive at those moments is the site's code and caches, plus at most the few requests then in
-flight). A full collection then walks only what came after: measured, well under a millisecond.
+flight). A full collection then walks only what came after.
 
-``OPENAI_DJANGO["GC_FREEZE"] = False`` leaves the collector alone (e.g. for a site that tunes
-it itself).
+What it must not keep for good: cyclic garbage that was alive at a freeze, above all the
+database connections of request threads the server retires when idle (granian retires a
+blocking thread after 30 s idle; Django's connection of that thread is a reference cycle, so
+only a full collection closes it). So every ``GC_FREEZE`` seconds (600 by default) one request
+thread, after its response, unfreezes, collects everything once (one pause of the old length,
+every ten minutes instead of every few seconds) and freezes again.
+
+``OPENAI_DJANGO["GC_FREEZE"] = None`` (or False) leaves the collector alone (e.g. for a site
+that tunes it itself); ``True`` is 600.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from __future__ import annotations
 import gc
 import os
 import threading
+import time
 
 from django.core.signals import request_finished
 
@@ -31,22 +39,44 @@ from openai_django.conf import app_settings
 FREEZE_AFTER = (1, 10, 100, 1000)
 
 _lock = threading.Lock()
-_state = {"pid": None, "requests": 0}
+_state = {"pid": None, "requests": 0, "refresh_at": 0.0}
+
+
+def period():
+    """Seconds between full collections, or None when the collector is left alone."""
+    value = app_settings.GC_FREEZE
+    if value is True:
+        return 600.0
+    return float(value) if value else None
 
 
 def after_request(**kwargs):
-    """``request_finished`` receiver: counts this process's requests and freezes the
-    collector's generations after the ones in :data:`FREEZE_AFTER`."""
-    if _state["requests"] > FREEZE_AFTER[-1] and _state["pid"] == os.getpid():
+    """``request_finished`` receiver: counts this process's requests, freezes the collector's
+    generations after the ones in :data:`FREEZE_AFTER`, and refreshes the freeze (one full
+    collection) every :func:`period` seconds."""
+    if (_state["requests"] > FREEZE_AFTER[-1] and _state["pid"] == os.getpid()
+            and time.monotonic() < _state["refresh_at"]):
         return  # the common case, without the lock
-    if not app_settings.GC_FREEZE:
+    every = period()
+    if every is None:
         return
-    with _lock:
+    if not _lock.acquire(blocking=False):
+        return  # another thread is at it
+    try:
+        now = time.monotonic()
         if _state["pid"] != os.getpid():  # a forked child counts its own requests
-            _state["pid"], _state["requests"] = os.getpid(), 0
+            _state.update(pid=os.getpid(), requests=0, refresh_at=now + every)
         _state["requests"] += 1
         if _state["requests"] in FREEZE_AFTER:
             gc.freeze()
+        elif now >= _state["refresh_at"]:
+            gc.unfreeze()
+            gc.collect()
+            gc.freeze()
+        if now >= _state["refresh_at"]:
+            _state["refresh_at"] = now + every
+    finally:
+        _lock.release()
 
 
 request_finished.connect(after_request, dispatch_uid="openai_django.gcfreeze.after_request")

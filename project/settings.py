@@ -188,7 +188,8 @@ OPENAI_DJANGO = {
 if not env_bool("OPENAI_DJANGO_SQLITE_CHECKPOINT", True):
     OPENAI_DJANGO["SQLITE_CHECKPOINT"] = None
 # OPENAI_DJANGO_GC_FREEZE=0: Python's collector left as it is (openai_django/gcfreeze.py).
-OPENAI_DJANGO["GC_FREEZE"] = env_bool("OPENAI_DJANGO_GC_FREEZE", True)
+if not env_bool("OPENAI_DJANGO_GC_FREEZE", True):
+    OPENAI_DJANGO["GC_FREEZE"] = None
 # OPENAI_DJANGO_METRICS_TOKEN=<token>: Prometheus metrics at /metrics for that bearer token (and
 # staff sessions); unset: off.
 if os.environ.get("OPENAI_DJANGO_METRICS_TOKEN"):

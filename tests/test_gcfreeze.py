@@ -50,6 +50,30 @@ def test_a_full_collection_skips_the_frozen_objects(fresh):
 
 
 def test_off_leaves_the_collector_alone(fresh, settings):
-    settings.OPENAI_DJANGO = {**settings.OPENAI_DJANGO, "GC_FREEZE": False}
+    settings.OPENAI_DJANGO = {**settings.OPENAI_DJANGO, "GC_FREEZE": None}
     _requests(10)
     assert gc.get_freeze_count() == 0
+
+
+def test_every_period_one_full_collection_frees_what_was_frozen(fresh, settings):
+    """A retired thread's database connection is a reference cycle: frozen, only the periodic
+    full collection frees it."""
+    settings.OPENAI_DJANGO = {**settings.OPENAI_DJANGO, "GC_FREEZE": 0.2}
+
+    class Cycle:
+        pass
+
+    import weakref
+
+    cycle = Cycle()
+    cycle.me = cycle
+    alive = weakref.ref(cycle)
+    _requests(1)  # frozen with it
+    del cycle
+    gc.collect()
+    assert alive() is not None  # frozen: a collection does not see it
+    gcfreeze._state["requests"] = gcfreeze.FREEZE_AFTER[-1] + 1
+    gcfreeze._state["refresh_at"] = 0.0  # the period is over
+    _requests(1)
+    assert alive() is None
+    assert gc.get_freeze_count() > 1000  # frozen again
