@@ -24,10 +24,13 @@ class OpenAIDjangoConfig(AppConfig):
             retention,
             sqlite_wal,
             tagging,
+            thread_connections,
         )
 
         connection_created.connect(sqlite_wal.configure,
                                    dispatch_uid="openai_django.sqlite_wal.configure")
+        connection_created.connect(thread_connections.remember,
+                                   dispatch_uid="openai_django.thread_connections.remember")
         post_migrate.connect(tagging.ensure_sqlite_trigger, sender=self,
                              dispatch_uid="openai_django.tagging.sqlite_trigger")
         if "openai_django.admin" in sys.modules:
