@@ -26,16 +26,20 @@ def _client(base_url, api_key):
     return openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=30.0)
 
 
-def _loop(client, seconds):
-    """``(latencies in ms, errors)`` of back-to-back calls for ``seconds``."""
+def _loop(client, seconds, failures):
+    """``(latencies in ms, errors)`` of back-to-back calls for ``seconds``; the first few
+    errors' messages go to ``failures``."""
     latencies, errors = [], 0
     end = time.perf_counter() + seconds
     while time.perf_counter() < end:
         t0 = time.perf_counter()
         try:
             client.chat.completions.create(**CHAT)
-        except Exception:
+        except Exception as exc:
             errors += 1
+            if len(failures) < 3:
+                cause = exc.__cause__ or exc.__context__
+                failures.append(f"{client.base_url}: {type(exc).__name__}: {exc} ({cause!r})"[:300])
             continue
         latencies.append((time.perf_counter() - t0) * 1000)
     return latencies, errors
@@ -46,15 +50,19 @@ def sdk_latency(ctx, gateway=None):
     gateway = gateway or ctx.gateway
     via = _client(gateway.url + "/v1", ctx.harness.client_key)
     direct = _client(ctx.upstream.url, UPSTREAM_KEY)
+    failures = []
     try:
-        _loop(via, p.warmup_seconds)
-        _loop(direct, p.warmup_seconds)
+        _loop(via, p.warmup_seconds, failures)
+        _loop(direct, p.warmup_seconds, failures)
         rounds, errors, requests = [], 0, 0
         for _ in range(p.rounds):
-            g, g_err = _loop(via, p.latency_seconds)
-            d, d_err = _loop(direct, p.latency_seconds)
+            g, g_err = _loop(via, p.latency_seconds, failures)
+            d, d_err = _loop(direct, p.latency_seconds, failures)
             errors += g_err + d_err
             requests += len(g) + len(d)
+            if not g or not d:
+                raise RuntimeError(f"no call answered in a round (gateway {gateway.url}, "
+                                   f"direct {ctx.upstream.url}): {failures}")
             rounds.append({"g50": _pct(g, 50), "g99": _pct(g, 99), "d50": _pct(d, 50),
                            "d99": _pct(d, 99), "slow": sum(1 for x in g if x > 20) / len(g)})
     finally:
@@ -72,6 +80,7 @@ def sdk_latency(ctx, gateway=None):
         "gateway_over_20ms_pct": _median([100 * r["slow"] for r in rounds]),
         "requests": requests,
         "errors": errors,
+        "first_errors": failures,
         "rounds": len(rounds),
         "sdk": f"openai {openai.__version__}",
     }

@@ -12,9 +12,13 @@ connection during the burst (about 8 ms each on this machine), in a request's ti
 
 How: when Django opens a connection (``connection_created``), a small object that holds it is
 put in a ``threading.local`` of the thread that opened it; when the thread ends, Python clears
-its thread-locals, the object is freed by reference counting (it is in no cycle) and closes the
-DB-API connection if it is still open. A connection Django already closed (or replaced) is left
-alone.
+its thread-locals and the object is freed by reference counting (it is in no cycle). It does
+not close the connection there: that runs while the interpreter tears the thread's state down
+(granian's threads are not Python's), and a close that releases the GIL at that moment
+crashed granian's workers (segfaults in libpython, seen in the benchmark). It only hands the
+DB-API connection to a list, which the next request to finish, in any thread, closes (Django
+opens SQLite connections with ``check_same_thread=False``; psycopg's may be closed from any
+thread). A connection Django already closed (or replaced) is closed twice, harmlessly.
 """
 
 from __future__ import annotations
@@ -23,7 +27,10 @@ import contextlib
 import threading
 import weakref
 
+from django.core.signals import request_finished
+
 _local = threading.local()
+_orphans = []  # DB-API connections of ended threads, closed by the next request to finish
 
 
 class _Closer:
@@ -38,6 +45,16 @@ class _Closer:
         wrapper = self.wrapper()
         if raw is None or (wrapper is not None and wrapper.allow_thread_sharing):
             return  # shared with another thread on purpose (a test's live server): theirs too
+        _orphans.append(raw)  # nothing more here: the thread's state is being torn down
+
+
+def close_orphans(**kwargs):
+    """``request_finished`` receiver: close the connections of threads that ended."""
+    while _orphans:
+        try:
+            raw = _orphans.pop()
+        except IndexError:
+            return
         with contextlib.suppress(Exception):
             raw.close()
 
@@ -54,3 +71,6 @@ def remember(sender=None, connection=None, **kwargs):
     # One per alias: a reconnect replaces the previous one (which Django closed before it
     # connected again; closing it twice is harmless).
     closers[connection.alias] = _Closer(connection)
+
+
+request_finished.connect(close_orphans, dispatch_uid="openai_django.thread_connections.close")

@@ -7,7 +7,10 @@ import sqlite3
 import threading
 
 import pytest
+from django.core.signals import request_finished
 from django.db import connection, connections
+
+from openai_django import thread_connections
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -41,7 +44,10 @@ def test_the_connection_of_an_ended_thread_is_closed_without_a_collection():
             return connection.connection  # the DB-API connection of this thread
 
         raw = _in_a_thread(work)
-        assert raw is not None and _closed(raw)
+        assert raw is not None and raw in thread_connections._orphans
+        assert not _closed(raw)  # not in the ending thread itself
+        request_finished.send(sender=None)  # the next request to finish, in this thread
+        assert _closed(raw) and raw not in thread_connections._orphans
     finally:
         gc.enable()
 
