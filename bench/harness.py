@@ -470,7 +470,14 @@ class Harness:
         port = listener.getsockname()[1] if listener else free_port()
         name = name or f"{server}-{db.kind}-{'rec' if record else 'norec'}-{port}"
         extra = {"OPENAI_DJANGO_RECORD": "1" if record else "0",
-                 "OPENAI_DJANGO_WRITER": os.environ.get("BENCH_WRITER", "1"), **(env or {})}
+                 "OPENAI_DJANGO_WRITER": os.environ.get("BENCH_WRITER", "1"),
+                 # BENCH_SQLITE_CHECKPOINT=0: SQLite's own auto-checkpoint, in the committing
+                 # request (the "before" of openai_django/sqlite_wal.py).
+                 "OPENAI_DJANGO_SQLITE_CHECKPOINT": os.environ.get("BENCH_SQLITE_CHECKPOINT",
+                                                                   "1"),
+                 # BENCH_GC_FREEZE=0: Python's collector as it is (openai_django/gcfreeze.py).
+                 "OPENAI_DJANGO_GC_FREEZE": os.environ.get("BENCH_GC_FREEZE", "1"),
+                 **(env or {})}
         if os.environ.get("BENCH_METRICS"):  # the metrics on (PROMETHEUS_MULTIPROC_DIR passes)
             extra.setdefault("OPENAI_DJANGO_METRICS_TOKEN", "bench-metrics-token")
         command = (SERVER_COMMANDS[server](port, workers, threads, fd=listener.fileno())

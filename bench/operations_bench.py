@@ -152,15 +152,15 @@ def table_rows(s, row):
     if "speech" in s:
         x = s["speech"]
         small, large = x["small"], x["large"]
-        row("1c speech c=1 (mp3)", "p50 (ms)", small["gateway_p50_ms"], small["direct_p50_ms"],
+        row("1d speech c=1 (mp3)", "p50 (ms)", small["gateway_p50_ms"], small["direct_p50_ms"],
             small["added_p50_ms"])
-        row("1c speech c=1 (mp3)", "p99 (ms)", small["gateway_p99_ms"], small["direct_p99_ms"],
+        row("1d speech c=1 (mp3)", "p99 (ms)", small["gateway_p99_ms"], small["direct_p99_ms"],
             small["added_p99_ms"])
-        row("1c speech c=1 (mp3)", "gateway CPU per call (us)",
+        row("1d speech c=1 (mp3)", "gateway CPU per call (us)",
             small.get("gateway_cpu_us_per_request"))
-        row("1c speech, large WAV", f"{large['response_bytes']:,} bytes: p50 (ms)",
+        row("1d speech, large WAV", f"{large['response_bytes']:,} bytes: p50 (ms)",
             large["gateway_p50_ms"], large["direct_p50_ms"], large["added_p50_ms"])
-        row("1c speech, large WAV", "MB/s", large["gateway_mb_per_s"], large["direct_mb_per_s"])
-        row("1c speech, large WAV", "recorded: status, audio artifact bytes (same bytes)",
+        row("1d speech, large WAV", "MB/s", large["gateway_mb_per_s"], large["direct_mb_per_s"])
+        row("1d speech, large WAV", "recorded: status, audio artifact bytes (same bytes)",
             large.get("record_status"), large.get("audio_artifact_bytes"),
             large.get("audio_artifact_matches"))

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from bench import harness as harness_module
-from bench import operations_bench, scenarios, sizes_bench
+from bench import operations_bench, scenarios, sdk_latency, sizes_bench
 from bench.harness import (
     ASGI_SERVERS,
     ROOT,
@@ -32,12 +32,13 @@ from bench.harness import (
 
 log = logging.getLogger("bench")
 
-ALL = ["latency", "responses", "speech", "throughput", "streaming", "responses_stream",
-       "slow_streams", "large_bodies", "asgi_latency", "asgi_throughput", "asgi_streaming",
-       "databases", "celery", "admin", "serving", "soak", "upstreams", "limits", "sizes",
-       "tail"]
-QUICK = ["latency", "responses", "speech", "throughput", "streaming", "responses_stream",
-         "slow_streams", "large_bodies", "asgi_latency", "asgi_throughput", "asgi_streaming"]
+ALL = ["latency", "sdk_latency", "responses", "speech", "throughput", "streaming",
+       "responses_stream", "slow_streams", "large_bodies", "asgi_latency", "asgi_throughput",
+       "asgi_streaming", "databases", "celery", "admin", "serving", "soak", "upstreams",
+       "limits", "sizes", "tail"]
+QUICK = ["latency", "sdk_latency", "responses", "speech", "throughput", "streaming",
+         "responses_stream", "slow_streams", "large_bodies", "asgi_latency", "asgi_throughput",
+         "asgi_streaming"]
 ASGI_SCENARIOS = ("asgi_latency", "asgi_throughput", "asgi_streaming")
 # Only when asked: ``--peers`` (installs LiteLLM once), or ``--only peers`` (an installed one).
 OPT_IN = ["peers"]
@@ -46,6 +47,7 @@ OPT_IN = ["peers"]
 TARGETS = [
     ("latency", "added_p50_ms", "<=", 1.0, "added latency p50, c=1 (ms)"),
     ("latency", "added_p99_ms", "<=", 5.0, "added latency p99, c=1 (ms)"),
+    ("sdk_latency", "added_p99_ms", "<=", 5.0, "added latency p99, c=1, openai SDK client (ms)"),
     ("throughput", "recorded_rps", ">=", 1500, "throughput, whole machine, recording on (req/s)"),
     ("throughput", "recorded_vs_unrecorded", ">=", 0.8, "recorded / unrecorded throughput"),
     ("streaming", "ttfe_added_p50_ms", "<=", 2.0, "stream time to first event, added p50 (ms)"),
@@ -167,13 +169,19 @@ def table(results):
             x["added_p50_ms"])
         row("1 latency c=1", "p99 (ms)", x["gateway_p99_ms"], x["direct_p99_ms"],
             x["added_p99_ms"])
+    if "sdk_latency" in s:
+        x = s["sdk_latency"]
+        row("1c latency c=1, openai SDK client", "p50 (ms)", x["gateway_p50_ms"],
+            x["direct_p50_ms"], x["added_p50_ms"])
+        row("1c latency c=1, openai SDK client", "p99 (ms)", x["gateway_p99_ms"],
+            x["direct_p99_ms"], x["added_p99_ms"])
     if "responses" in s:
         x = s["responses"]
         row("1b createResponse c=1", "p50 (ms)", x["gateway_p50_ms"], x["direct_p50_ms"],
             x["added_p50_ms"])
         row("1b createResponse c=1", "p99 (ms)", x["gateway_p99_ms"], x["direct_p99_ms"],
             x["added_p99_ms"])
-    operations_bench.table_rows(s, row)  # 1c speech, 3b createResponse stream
+    operations_bench.table_rows(s, row)  # 1d speech, 3b createResponse stream
     if "throughput" in s:
         x = s["throughput"]
         row("2 throughput", f"req/s, recording on, c={x['connections']}", x["recorded_rps"],
@@ -463,6 +471,7 @@ def main(argv=None):
                 done[name]["scenario_seconds"] = round(time.perf_counter() - t0, 1)
 
         run("latency", lambda: scenarios.latency(ctx))
+        run("sdk_latency", lambda: sdk_latency.sdk_latency(ctx))
         run("responses", lambda: scenarios.latency(ctx, name="responses", path="/responses",
                                                    body=scenarios.RESPONSE))
         run("speech", lambda: operations_bench.speech(ctx))

@@ -145,6 +145,21 @@ DEFAULTS = {
     # How many request threads of a process run the gateway's Python at once under WSGI, the
     # others served in arrival order (openai_django/fairness.py); 0 turns it off.
     "FAIR_CONCURRENCY": 4,
+    # SQLite in WAL mode: checkpoints (the copy of the log into the database, with its two
+    # fsyncs) run in a thread of each process instead of in the request whose commit crossed
+    # SQLite's 1000-page mark (openai_django/sqlite_wal.py): PASSIVE once "PAGES" frames wait
+    # to be copied, FULL (the write lock for at most "FULL_WAIT" seconds) once the WAL holds
+    # "FULL_PAGES" frames, looked at every "INTERVAL" seconds; each connection's own
+    # auto-checkpoint kept as a safety net at "FALLBACK_PAGES" (default 4 x FULL_PAGES).
+    # None: SQLite's own auto-checkpoint, in the committing request.
+    "SQLITE_CHECKPOINT": {"PAGES": 4000, "FULL_PAGES": 16000, "INTERVAL": 0.1,
+                          "FULL_WAIT": 0.02},
+    # gc.freeze() after a process's 1st, 10th, 100th and 1000th request, so that Python's full
+    # collections skip what the process loaded to serve (openai_django/gcfreeze.py): measured,
+    # 60-410 ms each otherwise, once every ~1,500 calls per worker. The number: seconds between
+    # the full collections still made (unfreeze, collect, freeze: what retired threads left,
+    # their database connections, is freed). None: the collector as it is.
+    "GC_FREEZE": 600,
     # What to record. Operations listed in METADATA_ONLY_OPERATIONS keep no bodies/artifacts.
     "RECORD_BODIES": True,
     "RECORD_STREAM_EVENTS": True,

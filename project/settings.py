@@ -187,6 +187,13 @@ OPENAI_DJANGO = {
     # OPENAI_DJANGO_HTTP2=1: the async client speaks HTTP/2 to the upstream (the bench's soak).
     "HTTP2": env_bool("OPENAI_DJANGO_HTTP2", False),
 }
+# OPENAI_DJANGO_SQLITE_CHECKPOINT=0: SQLite's own WAL auto-checkpoint, in the committing request
+# (what the benchmark measured before openai_django/sqlite_wal.py).
+if not env_bool("OPENAI_DJANGO_SQLITE_CHECKPOINT", True):
+    OPENAI_DJANGO["SQLITE_CHECKPOINT"] = None
+# OPENAI_DJANGO_GC_FREEZE=0: Python's collector left as it is (openai_django/gcfreeze.py).
+if not env_bool("OPENAI_DJANGO_GC_FREEZE", True):
+    OPENAI_DJANGO["GC_FREEZE"] = None
 # OPENAI_DJANGO_METRICS_TOKEN=<token>: Prometheus metrics at /metrics for that bearer token (and
 # staff sessions); unset: off.
 if os.environ.get("OPENAI_DJANGO_METRICS_TOKEN"):

@@ -52,7 +52,7 @@ def test_speech_and_responses_stream_are_measured_and_recorded(tmp_path):
     # Named events, each kept in the record: response.created ... response.completed.
     assert stream["record_status"] == "succeeded"
     assert stream["record_stream_events"] == stream["events_per_stream"] > 4
-    assert "| 1c speech, large WAV | MB/s |" in table
+    assert "| 1d speech, large WAV | MB/s |" in table
     assert "| 3b createResponse stream | time to first event p50 (ms) |" in table
 
 

@@ -21,8 +21,8 @@ def test_quick_bench_runs_and_writes_its_table(tmp_path):
     out = tmp_path / "latest.json"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "DATABASE_"))}
     result = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--only", "latency,responses,streaming",
-         "--json", str(out)],
+        [sys.executable, "-m", "bench", "--quick", "--only",
+         "latency,sdk_latency,responses,streaming", "--json", str(out)],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -31,6 +31,10 @@ def test_quick_bench_runs_and_writes_its_table(tmp_path):
     # Both sides were measured and every request was answered.
     assert latency["errors"] == 0 and latency["requests"] > 0
     assert latency["gateway_p50_ms"] > 0 and latency["direct_p50_ms"] > 0
+    # The same call through the official SDK's client, gateway and direct.
+    sdk = data["scenarios"]["sdk_latency"]
+    assert sdk["errors"] == 0 and sdk["requests"] > 0 and sdk["gateway_p50_ms"] > 0
+    assert "| added latency p99, c=1, openai SDK client (ms) | <= 5.0 |" in result.stdout
     # Today's API: a recorded createResponse, measured the same way.
     responses = data["scenarios"]["responses"]
     assert responses["errors"] == 0 and responses["requests"] > 0

@@ -1,0 +1,209 @@
+"""SQLite's WAL checkpoints run in the checkpointer thread (openai_django/sqlite_wal.py), not in
+the request that commits: the request connections' auto-checkpoint is only a safety net, the
+WAL is copied into the database by the thread, and a process killed in the middle of one of
+its checkpoints loses no committed call (SQLite recovers the WAL at the next open)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+from django.db import connection
+
+from openai_django import sqlite_wal
+from openai_django.models import Call
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(120)]
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMALL = {"PAGES": 40, "FULL_PAGES": 160, "INTERVAL": 0.01, "FULL_WAIT": 0.02}
+
+
+def _call(user, size=2000):
+    return Call(operation="createChatCompletion", method="POST", path="/chat/completions",
+                user=user, request_body={"model": "gpt-4o-mini", "pad": "x" * size})
+
+
+@pytest.fixture
+def small_checkpoints(settings):
+    """Checkpoints every 40 pages, on a connection opened under that setting."""
+    if connection.vendor != "sqlite":
+        pytest.skip("SQLite only")
+    settings.OPENAI_DJANGO = {**settings.OPENAI_DJANGO, "SQLITE_CHECKPOINT": SMALL}
+    sqlite_wal.checkpointer.stop()
+    connection.close()
+    connection.ensure_connection()
+    yield os.path.abspath(connection.settings_dict["NAME"])
+    sqlite_wal.checkpointer.stop()
+    connection.close()
+
+
+def test_wal_frames_reads_what_sqlite_reports(tmp_path):
+    path = str(tmp_path / "w.sqlite3")
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA wal_autocheckpoint=0")
+    conn.execute("CREATE TABLE t (x BLOB)")
+    for _ in range(20):
+        conn.execute("INSERT INTO t VALUES (?)", (os.urandom(3000),))
+    total, copied = sqlite_wal.wal_frames(path)
+    other = sqlite3.connect(path, isolation_level=None)
+    busy, log_frames, checkpointed = other.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    assert (busy, log_frames) == (0, total) and total >= 20 and copied == 0
+    assert sqlite_wal.wal_frames(path) == (total, checkpointed) == (total, total)
+    conn.execute("INSERT INTO t VALUES (1)")  # the next writer starts the log over
+    assert sqlite_wal.wal_frames(path)[0] < total
+    conn.close()
+    other.close()
+    assert sqlite_wal.wal_frames(str(tmp_path / "none.sqlite3")) is None
+
+
+def test_requests_leave_checkpoints_to_the_thread(small_checkpoints, user):
+    path = small_checkpoints
+    raw = connection.connection
+    # The connection Django opened defers to the thread (its own mark: 4 x FULL_PAGES).
+    assert raw.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 4 * SMALL["FULL_PAGES"]
+    db = sqlite_wal.checkpointer.databases()[path]
+    assert db.stats["passive"] == db.stats["full"] == 0
+    size_before = os.path.getsize(path)
+    for _ in range(60):
+        Call.objects.record_new(_call(user))
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and not (db.stats["passive"] or db.stats["full"]):
+        time.sleep(0.02)
+    # PASSIVE, or FULL if the WAL already held FULL_PAGES frames from earlier tests.
+    assert db.stats["passive"] + db.stats["full"] >= 1, db.stats
+    # The frames were copied into the database file (which grew) by the thread's checkpoints.
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        total, copied = sqlite_wal.wal_frames(path)
+        if total - copied < SMALL["PAGES"] and os.path.getsize(path) > size_before:
+            break
+        time.sleep(0.02)
+    assert total - copied < SMALL["PAGES"] and os.path.getsize(path) > size_before
+    assert Call.objects.count() == 60
+
+
+def test_steady_writes_get_a_full_checkpoint_and_the_log_starts_over(small_checkpoints, user):
+    """Writes that never pause: passive passes alone never end between two commits, so past
+    FULL_PAGES the thread takes the write lock briefly and the WAL starts over (it does not
+    grow for good)."""
+    path = small_checkpoints
+    db = sqlite_wal.checkpointer.databases()[path]
+    restarted = False
+    last_total = 0
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not (db.stats["full"] and restarted):
+        Call.objects.record_new(_call(user, size=6000))
+        total = sqlite_wal.wal_frames(path)[0]
+        restarted = restarted or total < last_total
+        last_total = total
+    assert db.stats["full"] >= 1 and restarted, db.stats
+
+
+def test_setting_none_leaves_sqlite_its_own_checkpoints(settings):
+    if connection.vendor != "sqlite":
+        pytest.skip("SQLite only")
+    settings.OPENAI_DJANGO = {**settings.OPENAI_DJANGO, "SQLITE_CHECKPOINT": None}
+    connection.close()
+    connection.ensure_connection()
+    try:
+        assert connection.connection.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 1000
+    finally:
+        connection.close()
+
+
+CHILD = textwrap.dedent('''
+    import os, sys, time
+    import django
+    django.setup()
+    from django.conf import settings
+    from openai_django import sqlite_wal
+    from openai_django.models import Call
+    from django.contrib.auth import get_user_model
+
+    def say(line):  # one write a line: the two threads' lines never interleave
+        os.write(1, (line + "\\n").encode())
+
+    original = sqlite_wal._Database.checkpoint
+    def traced(self, mode):
+        say(f"begin {mode}")
+        result = original(self, mode)
+        say(f"end {mode} {result}")
+        return result
+    sqlite_wal._Database.checkpoint = traced
+    user = get_user_model().objects.get(pk=int(sys.argv[1]))
+    pad = "y" * 60000
+    i = 0
+    while True:
+        call = Call(operation="createChatCompletion", method="POST", path="/chat/completions",
+                    user=user, request_body={"i": i, "pad": pad})
+        Call.objects.record_new(call)  # autocommit: committed when it returns
+        say(f"committed {call.pk.hex}")
+        i += 1
+''')
+
+
+def test_a_process_killed_during_a_checkpoint_loses_no_committed_call(small_checkpoints,
+                                                                      user, tmp_path):
+    path = small_checkpoints
+    connection.close()  # the child writes; this test only reads afterwards
+    script = tmp_path / "child.py"
+    script.write_text(CHILD)
+    # The child runs the demo's settings on this test's database, with small checkpoints.
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "child_settings",
+           "DATABASE_URL": f"sqlite:///{path}"}
+    (tmp_path / "child_settings.py").write_text(
+        "from project.settings import *  # noqa\n"
+        f"OPENAI_DJANGO = {{**OPENAI_DJANGO, 'SQLITE_CHECKPOINT': {SMALL!r}}}\n"
+        f"DATABASES['default']['NAME'] = {path!r}\n")
+    env["PYTHONPATH"] = f"{tmp_path}{os.pathsep}{ROOT}"
+    committed, mid_checkpoint_kills = set(), 0
+    for _attempt in range(8):
+        proc = subprocess.Popen([sys.executable, str(script), str(user.pk)], cwd=ROOT, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)
+        try:
+            seen = 0
+            in_checkpoint = False
+            for line in proc.stdout:
+                word, *rest = line.split()
+                if word == "committed":
+                    committed.add(rest[0])
+                    seen += 1
+                elif word == "begin" and seen >= 20:
+                    in_checkpoint = True
+                    os.killpg(proc.pid, signal.SIGKILL)  # in the middle of this checkpoint
+                    break
+            proc.wait(30)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(30)
+        rest = proc.stdout.read()
+        assert in_checkpoint, (proc.returncode, seen, rest[-500:], proc.stderr.read()[-3000:])
+        # Lines the child wrote before it died: a commit reported after the kill signal was
+        # sent is a commit too; an "end" means the checkpoint finished before the kill.
+        for line in rest.splitlines():
+            if line.startswith("committed"):
+                committed.add(line.split()[1])
+        if not any(line.startswith("end") for line in rest.splitlines()):
+            mid_checkpoint_kills += 1
+        check = sqlite3.connect(path)
+        try:
+            assert check.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+            ids = {row[0] for row in check.execute("SELECT id FROM openai_django_call")}
+        finally:
+            check.close()
+        assert committed <= ids, sorted(committed - ids)[:10]
+        if mid_checkpoint_kills >= 3:
+            break
+    print("kills in a checkpoint:", mid_checkpoint_kills, "committed:", len(committed))
+    assert mid_checkpoint_kills >= 3, mid_checkpoint_kills
+    assert len(committed) >= 60
