@@ -47,6 +47,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from openai_django import writer
 from openai_django.conf import app_settings
 
 logger = logging.getLogger("openai_django.sqlite_wal")
@@ -121,7 +122,12 @@ class _Database:
         if total >= opts["FULL_PAGES"] and copied < total:
             now = time.monotonic()
             if now >= self.full_after:
-                result = self.checkpoint("FULL")
+                # The writers' lock too (writer.py): a batch being written is not kept
+                # waiting in SQLite's busy handler, and one arriving waits in the kernel.
+                with writer.sqlite_writers_lock(self.path) as held:
+                    if not held:
+                        return None  # a batch is being written: the next tick tries again
+                    result = self.checkpoint("FULL")
                 if result is not None and not result[0] and result[2] >= result[1]:
                     self.full_backoff = 0.0
                 else:  # a reader or a writer kept it from the end: not every tick again

@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from django.db import DatabaseError, connections, transaction
@@ -171,6 +172,21 @@ class Writer:
                 item.error = exc
 
 
+@contextmanager
+def sqlite_writers_lock(path):
+    """The writers' lock of the SQLite database at ``path`` (the ``NAME`` of its settings),
+    tried once without waiting: yields whether it is held. The WAL checkpointer
+    (sqlite_wal.py) takes it for a FULL checkpoint, which holds SQLite's write lock while it
+    copies and syncs: a writer then waits in the kernel and wakes when it ends, instead of
+    sleeping in SQLite's busy handler."""
+    lock = _FileLock(path + ".writer-lock" if fcntl is not None else None, path)
+    try:
+        yield lock.try_acquire()
+    finally:
+        lock.release()
+        lock.close()
+
+
 class _FileLock:
     """An exclusive ``flock`` on ``<database>.writer-lock`` held while a batch is written
     (SQLite files only; elsewhere, and where the file cannot be made, a no-op)."""
@@ -179,6 +195,7 @@ class _FileLock:
         self.path = path
         self.key = (os.getpid(), name)
         self.fd = None
+        self.held = False
         if path is not None:
             try:
                 self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -203,6 +220,22 @@ class _FileLock:
         if self.fd is not None:
             fcntl.flock(self.fd, fcntl.LOCK_EX)
         return self
+
+    def try_acquire(self):
+        """Take the lock if nobody holds it; whether it is held (True where there is none)."""
+        if self.fd is None:
+            return True
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        self.held = True
+        return True
+
+    def release(self):
+        if self.fd is not None and self.held:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            self.held = False
 
     def __exit__(self, *exc_info):
         if self.fd is not None:

@@ -207,3 +207,33 @@ def test_a_process_killed_during_a_checkpoint_loses_no_committed_call(small_chec
     print("kills in a checkpoint:", mid_checkpoint_kills, "committed:", len(committed))
     assert mid_checkpoint_kills >= 3, mid_checkpoint_kills
     assert len(committed) >= 60
+
+
+def test_a_full_checkpoint_waits_for_the_writers_lock(tmp_path):
+    """A FULL checkpoint holds SQLite's write lock while it copies and syncs: it is taken only
+    when no group-commit batch is being written (writer.py's lock file), so a writer waits
+    for it in the kernel, not in SQLite's busy handler."""
+    from openai_django import writer
+
+    path = str(tmp_path / "w.sqlite3")
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA wal_autocheckpoint=0")
+    conn.execute("CREATE TABLE t (x BLOB)")
+    for _ in range(200):
+        conn.execute("INSERT INTO t VALUES (?)", (os.urandom(3000),))
+    total, copied = sqlite_wal.wal_frames(path)
+    assert total >= SMALL["FULL_PAGES"] and copied == 0
+    database = sqlite_wal._Database(path, sqlite_wal.options(SMALL))
+    try:
+        with writer.sqlite_writers_lock(path) as held:  # a batch being written
+            assert held
+            assert database.tick() is None
+            assert sqlite_wal.wal_frames(path) == (total, 0)  # nothing copied meanwhile
+            assert database.stats["full"] == 0
+        busy, log_frames, checkpointed = database.tick()
+        assert database.stats["full"] == 1
+        assert (busy, log_frames, checkpointed) == (0, total, total)
+    finally:
+        database.close()
+        conn.close()
