@@ -74,13 +74,38 @@ def options(value=None):
     return merged
 
 
+_shm_fds = {}  # (pid, -shm path) -> (descriptor, inode): opened once, never closed
+_shm_lock = threading.Lock()
+
+
+def _shm_fd(shm_path):
+    """A descriptor of the wal-index file, opened once per process and file and never closed.
+
+    SQLite holds POSIX advisory locks on the -shm file, and POSIX drops every lock a process
+    holds on a file when the process closes *any* descriptor of it: a read that opened and
+    closed the file released the locks of the process's SQLite connections, so another
+    process took itself for the first connection and re-initialised (truncated) the wal-index
+    they had mapped: a SIGBUS in the next commit (seen in a test run), or worse. A new inode
+    (the database recreated) gets a new descriptor; the old one stays open.
+    """
+    key = (os.getpid(), shm_path)
+    inode = os.stat(shm_path).st_ino
+    entry = _shm_fds.get(key)
+    if entry is None or entry[1] != inode:
+        with _shm_lock:
+            entry = _shm_fds.get(key)
+            if entry is None or entry[1] != inode:
+                fd = os.open(shm_path, os.O_RDONLY | os.O_CLOEXEC)
+                entry = _shm_fds[key] = (fd, os.fstat(fd).st_ino)
+    return entry[0]
+
+
 def wal_frames(path):
     """``(frames in the WAL, frames already copied to the database)`` read from the wal-index
     of the database at ``path`` without a lock (a hint: a torn read only delays a checkpoint);
     None when there is no readable wal-index."""
     try:
-        with open(path + "-shm", "rb") as fh:
-            data = fh.read(100)
+        data = os.pread(_shm_fd(path + "-shm"), 100, 0)
     except OSError:
         return None
     if len(data) < 100:

@@ -237,3 +237,36 @@ def test_a_full_checkpoint_waits_for_the_writers_lock(tmp_path):
     finally:
         database.close()
         conn.close()
+
+
+def test_reading_the_wal_index_keeps_the_connections_locks(tmp_path):
+    """SQLite's connections hold POSIX locks on the -shm file, which a process loses when it
+    closes any descriptor of that file: reading the wal-index must not (it did, and another
+    process then re-initialised the wal-index under a live connection: a SIGBUS in a test run).
+    Another process probes the lock SQLite keeps while a connection is open (the "DMS" byte)."""
+    path = str(tmp_path / "w.sqlite3")
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("CREATE TABLE t (x)")
+    conn.execute("INSERT INTO t VALUES (1)")
+    probe = textwrap.dedent(f"""
+        import fcntl, os
+        fd = os.open({path + "-shm"!r}, os.O_RDWR)
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 128)
+        except OSError:
+            print("held")
+        else:
+            print("free")
+    """)
+
+    def dms():
+        return subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                              check=True).stdout.strip()
+
+    assert dms() == "held"
+    for _ in range(3):
+        assert sqlite_wal.wal_frames(path)[0] >= 1
+    assert dms() == "held"
+    conn.execute("INSERT INTO t VALUES (2)")
+    conn.close()
