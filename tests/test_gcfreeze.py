@@ -34,8 +34,8 @@ def test_first_requests_freeze_what_the_process_holds(fresh, client):
     after_first = gc.get_freeze_count()
     assert after_first > 1000
     loaded_later = [[] for _ in range(5000)]  # tracked objects made after the first freeze
-    _requests(8)  # the 9th request: not yet
-    assert gc.get_freeze_count() == after_first
+    _requests(8)  # the 9th request: not yet (frozen objects may be freed meanwhile: <=)
+    assert gc.get_freeze_count() <= after_first
     assert any(id(x) in _collectable() for x in loaded_later)
     _requests(1)  # the 10th
     assert not any(id(x) in _collectable() for x in loaded_later)  # frozen too
