@@ -344,6 +344,9 @@ class Harness:
         url = os.environ.get("BENCH_PG_URL") or self._services_pg_url()
         stop = None
         if not url:
+            own = next((d for d in self.databases if d.kind == "postgres" and d.stop), None)
+            if own is not None:  # this run's own cluster, started by an earlier scenario
+                return own
             url, stop = self._own_cluster()
         if not url:
             return None
