@@ -72,7 +72,6 @@ def test_requests_leave_checkpoints_to_the_thread(small_checkpoints, user):
     db = sqlite_wal.checkpointer.databases()[path]
     # The thread may already be copying what earlier tests left in the WAL: count from here.
     before = db.stats["passive"] + db.stats["full"]
-    size_before = os.path.getsize(path)
     for _ in range(60):
         Call.objects.record_new(_call(user))
     deadline = time.monotonic() + 20
@@ -80,14 +79,15 @@ def test_requests_leave_checkpoints_to_the_thread(small_checkpoints, user):
         time.sleep(0.02)
     # PASSIVE, or FULL if the WAL already held FULL_PAGES frames from earlier tests.
     assert db.stats["passive"] + db.stats["full"] > before, db.stats
-    # The frames were copied into the database file (which grew) by the thread's checkpoints.
+    # The frames were copied into the database file by the thread's checkpoints (the file
+    # need not grow: earlier tests' deleted rows left free pages to reuse).
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         total, copied = sqlite_wal.wal_frames(path)
-        if total - copied < SMALL["PAGES"] and os.path.getsize(path) > size_before:
+        if total - copied < SMALL["PAGES"]:
             break
         time.sleep(0.02)
-    assert total - copied < SMALL["PAGES"] and os.path.getsize(path) > size_before
+    assert total - copied < SMALL["PAGES"], (total, copied)
     assert Call.objects.count() == 60
 
 
