@@ -163,42 +163,64 @@ class _Handler(ASGIHandler):
         self._middleware_chain = None
 
 
-class GatewayASGI:
-    """An ASGI application: the gateway's async operation views served lean, everything else
-    by ``application`` (the site's Django ASGI application, or any ASGI app around it)."""
+class LeanEntry:
+    """What the lean entries (this one, and openai_django/wsgi.py's) share: the plan and the
+    middleware chain, built at the first request from the settings and built again when
+    ``OPENAI_DJANGO``, ``MIDDLEWARE`` or ``ROOT_URLCONF`` change, with a warning when the lean
+    path is off. A subclass says which setting turns it off and builds its chain."""
+
+    switch = "ASGI_LEAN"
+    name = "ASGI"
+    logger = logger
 
     def __init__(self, application):
         self.application = application
-        self._handler = _Handler()
         self._lock = threading.Lock()
         self._state = None  # (plan, chain) once built
         self._warned = None
-        setting_changed.connect(self._reset, weak=False)
+        setting_changed.connect(self._reset)
 
     def _reset(self, *, setting, **kwargs):
         if setting in ("OPENAI_DJANGO", "MIDDLEWARE", "ROOT_URLCONF"):
             self._state = None
 
+    def _chain(self, plan):
+        """``(plan, chain)``: the chain of ``plan``'s middleware around the view (or another
+        plan, with its reason, when the chain cannot be built)."""
+        raise NotImplementedError
+
     def _get_state(self):
         state = self._state
         if state is None:
             with self._lock:
-                plan = _plan()
-                chain = self._view
-                for kind, cls in reversed(plan.middleware):
-                    if kind == "inline":
-                        chain = _inline(cls, chain)
-                    else:
-                        instance = cls(chain)
-                        if not iscoroutinefunction(instance):
-                            instance = markcoroutinefunction(instance)
-                        chain = instance
+                plan, chain = self._chain(_plan(self.switch))
                 state = self._state = (plan, chain)
                 if plan.reason and self._warned != plan.reason:
                     self._warned = plan.reason
-                    logger.warning("The gateway's lean ASGI entry is off, Django serves every "
-                                   "request: %s", plan.reason)
+                    self.logger.warning("The gateway's lean %s entry is off, Django serves "
+                                        "every request: %s", self.name, plan.reason)
         return state
+
+
+class GatewayASGI(LeanEntry):
+    """An ASGI application: the gateway's async operation views served lean, everything else
+    by ``application`` (the site's Django ASGI application, or any ASGI app around it)."""
+
+    def __init__(self, application):
+        super().__init__(application)
+        self._handler = _Handler()
+
+    def _chain(self, plan):
+        chain = self._view
+        for kind, cls in reversed(plan.middleware):
+            if kind == "inline":
+                chain = _inline(cls, chain)
+            else:
+                instance = cls(chain)
+                if not iscoroutinefunction(instance):
+                    instance = markcoroutinefunction(instance)
+                chain = instance
+        return plan, chain
 
     def lean_match(self, scope):
         """The URL match of an async operation view for this HTTP scope, or ``None`` (then the

@@ -24,12 +24,10 @@ closed by the server.
 """
 
 import logging
-import threading
 
 from django.core import signals
 from django.core.handlers.exception import convert_exception_to_response
 from django.core.handlers.wsgi import WSGIRequest, get_path_info, get_script_name
-from django.core.signals import setting_changed
 from django.urls import Resolver404, get_resolver, set_script_prefix
 
 from openai_django import asgi
@@ -44,40 +42,22 @@ def get_wsgi_application():
     return GatewayWSGI(django_wsgi())
 
 
-class GatewayWSGI:
+class GatewayWSGI(asgi.LeanEntry):
     """A WSGI application: the gateway's operation views served lean, everything else by
     ``application`` (the site's Django WSGI application, or any WSGI app around it)."""
 
     request_class = WSGIRequest
+    switch = "WSGI_LEAN"
+    name = "WSGI"
+    logger = logger
 
-    def __init__(self, application):
-        self.application = application
-        self._lock = threading.Lock()
-        self._state = None  # (plan, chain) once built
-        self._warned = None
-        setting_changed.connect(self._reset)
-
-    def _reset(self, *, setting, **kwargs):
-        if setting in ("OPENAI_DJANGO", "MIDDLEWARE", "ROOT_URLCONF"):
-            self._state = None
-
-    def _get_state(self):
-        state = self._state
-        if state is None:
-            with self._lock:
-                plan = asgi._plan("WSGI_LEAN")
-                chain = convert_exception_to_response(self._view)
-                for _, cls in reversed(plan.middleware):
-                    if not getattr(cls, "sync_capable", True):
-                        plan = asgi._Plan(f"middleware {asgi._dotted(cls)} is async only")
-                        break
-                    chain = convert_exception_to_response(cls(chain))
-                state = self._state = (plan, chain)
-                if plan.reason and self._warned != plan.reason:
-                    self._warned = plan.reason
-                    logger.warning("The gateway's lean WSGI entry is off, Django serves every "
-                                   "request: %s", plan.reason)
-        return state
+    def _chain(self, plan):
+        chain = convert_exception_to_response(self._view)
+        for _, cls in reversed(plan.middleware):
+            if not getattr(cls, "sync_capable", True):
+                return asgi._Plan(f"middleware {asgi._dotted(cls)} is async only"), None
+            chain = convert_exception_to_response(cls(chain))
+        return plan, chain
 
     def lean_match(self, environ):
         """The URL match of a (sync) operation view for this request, or ``None``."""
