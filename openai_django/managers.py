@@ -13,6 +13,7 @@ import orjson
 from django.contrib.contenttypes.models import ContentType
 from django.db import DatabaseError, connections, models, router
 from django.db.models import signals as model_signals
+from django.db.models.base import ModelState
 
 from openai_django import writer
 from openai_django.conf import app_settings
@@ -178,6 +179,69 @@ class CallManager(models.Manager.from_queryset(CallQuerySet)):
         # (vendor, kind, field names) -> (SQL, ((getter, converter), ...)): ``getter(call)``
         # is the field's ``pre_save`` value, ``converter`` makes it the database's.
         self._plans = {}
+        self._blank = None
+
+    def new(self, **values):
+        """``Call(**values)`` as the record's start builds it, without ``Model.__init__``.
+
+        The model's constructor walks all 58 fields for every call, resolving each default
+        through the field (``get_default``) and each keyword through ``setattr``: 95 us of
+        a recorded call's 1.25 ms (measured with thread_time around it, 3,000 chat calls in
+        one process). Here the constant defaults are resolved once and copied in one dict
+        update, the callable ones (``uuid7``, ``now``, ``dict``, ``list``) are called, the
+        values are stored as attributes and the relations (``user``, ``api_key``, the
+        target) go through their descriptors as in ``__init__``. A site that listens to
+        ``pre_init``/``post_init`` for calls, or a keyword the model does not know, gets the
+        model's own constructor.
+        """
+        model = self.model
+        blank = self._blank
+        if blank is None:
+            blank = self._blank = self._blank_call()
+        constants, factories, plain, related = blank
+        if (values.keys() - plain - related
+                or model_signals.pre_init.has_listeners(model)
+                or model_signals.post_init.has_listeners(model)):
+            return model(**values)
+        call = model.__new__(model)
+        call._state = ModelState()
+        state = call.__dict__
+        state.update(constants)
+        for attname, factory in factories:
+            if attname not in values:
+                state[attname] = factory()
+        for name, value in values.items():
+            if name in related:
+                setattr(call, name, value)
+            else:
+                state[name] = value
+        return call
+
+    def _blank_call(self):
+        """What :meth:`new` starts from: (constant defaults by attname, (attname, callable
+        default) pairs, the names stored as they are, the names set through a descriptor)."""
+        meta = self.model._meta
+        constants, factories, plain, related = {}, [], set(), set()
+        for field in meta.concrete_fields:
+            if field.has_default() and callable(field.default):
+                factories.append((field.attname, field.default))
+            else:
+                value = field.get_default()
+                if not isinstance(value, (str, int, float, bool, type(None))):
+                    return self._no_blank()
+                constants[field.attname] = value
+            plain.add(field.attname)
+            if field.is_relation:
+                related.add(field.name)
+            else:
+                plain.add(field.name)
+        for field in meta.private_fields:
+            related.add(field.name)
+        return constants, tuple(factories), frozenset(plain), frozenset(related)
+
+    def _no_blank(self):
+        # A default that is a shared mutable object: every call gets the constructor.
+        return {}, (), frozenset(), frozenset()
 
     def _orm_only(self):
         # A site listening to the model's signals gets them: the ORM's save sends them.

@@ -60,7 +60,7 @@ def redact(value, call, field):
 def _new_call(invocation, status, bodies):
     op = invocation.operation
     now = timezone.now()
-    return Call(
+    return Call.objects.new(
         # A budget reservation (controls.py) is made before the row, for the id it will have.
         **({"id": invocation.call_id} if getattr(invocation, "call_id", None) else {}),
         created=now,

@@ -1,0 +1,61 @@
+"""The hot path's shortcuts behave as the code they replace: ``Call.objects.new`` as
+``Call(...)``, the settings kept in ``app_settings``' ``__dict__`` as a fresh read."""
+
+import pytest
+from django.db.models import signals
+from django.test import override_settings
+
+from openai_django.conf import app_settings
+from openai_django.models import APIKey, Call
+
+
+def _fields(call):
+    return {k: v for k, v in call.__dict__.items() if k not in ("_state", "id", "created")}
+
+
+@pytest.mark.django_db
+def test_new_builds_what_the_constructor_builds(user):
+    key, _ = APIKey.generate(user)
+    values = {"operation": "createChatCompletion", "method": "POST", "status": "running",
+              "user": user, "api_key": key, "tags": ["a"], "metadata": {"k": "v"},
+              "stream": True}
+    fast, slow = Call.objects.new(**values), Call(**values)
+    assert _fields(fast) == _fields(slow)
+    assert fast.user is user and fast.api_key is key  # the relations' caches, as __init__
+    assert fast._state.adding and fast._state.db == slow._state.db
+    # Fresh defaults: neither the callables' results nor the containers are shared.
+    other = Call.objects.new(operation="x")
+    assert other.id != fast.id and other.attempts == [] and other.attempts is not fast.attempts
+    assert other.request_headers == {} and other.request_headers is not slow.request_headers
+    fast.save(force_insert=True)
+    assert _fields(Call.objects.get(pk=fast.pk))["tags"] == ["a"]
+
+
+def test_new_refuses_what_the_constructor_refuses():
+    with pytest.raises(TypeError):
+        Call.objects.new(no_such_field=1)
+
+
+def test_new_sends_the_init_signals_to_a_listener():
+    seen = []
+
+    def listener(sender, instance, **kwargs):
+        seen.append(instance)
+
+    signals.post_init.connect(listener, sender=Call)
+    try:
+        call = Call.objects.new(operation="x")
+    finally:
+        signals.post_init.disconnect(listener, sender=Call)
+    assert seen == [call]
+
+
+def test_a_setting_read_is_kept_and_forgotten_on_change():
+    before = app_settings.TAGS_MAX
+    assert "TAGS_MAX" in app_settings.__dict__  # the next read is an attribute hit
+    with override_settings(OPENAI_DJANGO={"TAGS_MAX": before + 7}):
+        assert "TAGS_MAX" not in app_settings.__dict__
+        assert app_settings.TAGS_MAX == before + 7
+    assert app_settings.TAGS_MAX == before
+    with pytest.raises(AttributeError):
+        app_settings.NOT_A_SETTING  # noqa: B018
