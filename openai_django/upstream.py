@@ -8,6 +8,14 @@ own. urllib3 (and ``requests`` above it) cost about 0.33 ms of CPU per call on t
 ``http.client`` about 0.13 ms, which at 1,500 calls a second on two cores is a fifth of the
 machine (docs/performance.md). ``read1`` still relays a stream exactly as the upstream's bytes
 arrive, chunked encoding included.
+
+Two parts of ``http.client`` are replaced on the hot path, the rest (connecting, TLS, the
+tunnel, reading and de-chunking the body, the connection's state) is its own: the request's
+head is written in one piece (:meth:`_LeanRequest.request`: the same validation, the same
+bytes, without one ``putheader`` call a header), and the answer's head is parsed into a small
+case-insensitive header list (:class:`_LeanResponse`) instead of an ``email.message`` built by
+the e-mail package's feed parser. Measured with callgrind, 200 recorded chat calls in one
+process: 3.53 M -> 3.16 M instructions a call.
 """
 
 import http.client
@@ -89,11 +97,10 @@ class ConnectionPool:
         if self.proxy is not None:
             conn = self._new_via_proxy()
         elif self.scheme == "https":
-            conn = http.client.HTTPSConnection(self.host, self.port, timeout=self.connect_timeout,
-                                               context=self._context)
+            conn = _TLSConnection(self.host, self.port, timeout=self.connect_timeout,
+                                  context=self._context)
         else:
-            conn = http.client.HTTPConnection(self.host, self.port,
-                                              timeout=self.connect_timeout)
+            conn = _Connection(self.host, self.port, timeout=self.connect_timeout)
         conn.connect()  # through a proxy: the CONNECT tunnel, then TLS with the upstream
         conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         conn.sock.settimeout(self.read_timeout)
@@ -106,12 +113,11 @@ class ConnectionPool:
         :meth:`UpstreamClient.target`)."""
         proxy = self.proxy
         if self.scheme == "https":
-            conn = http.client.HTTPSConnection(proxy.host, proxy.port,
-                                               timeout=self.connect_timeout,
-                                               context=self._context)
+            conn = _TLSConnection(proxy.host, proxy.port, timeout=self.connect_timeout,
+                                  context=self._context)
             conn.set_tunnel(self.host, self.port, headers=proxy.header_dict)
             return conn
-        return http.client.HTTPConnection(proxy.host, proxy.port, timeout=self.connect_timeout)
+        return _Connection(proxy.host, proxy.port, timeout=self.connect_timeout)
 
     def put(self, conn):
         """Return a connection whose response was read to its end (or close it)."""
@@ -128,6 +134,202 @@ class ConnectionPool:
             idle, self._idle = self._idle, []
         for conn in idle:
             conn.close()
+
+
+class _Head:
+    """A response's header fields, in order, with ``email.message.Message``'s read API as
+    ``http.client`` uses it (``get``, ``get_all``, ``items``, ``in``; names case-blind)."""
+
+    __slots__ = ("_fields",)
+
+    def __init__(self, fields):
+        self._fields = fields  # [(name, value), ...] as received
+
+    def get(self, name, failobj=None):
+        name = name.lower()
+        for key, value in self._fields:
+            if key.lower() == name:
+                return value
+        return failobj
+
+    def get_all(self, name, failobj=None):
+        name = name.lower()
+        found = [value for key, value in self._fields if key.lower() == name]
+        return found or failobj
+
+    def __getitem__(self, name):
+        return self.get(name)
+
+    def __contains__(self, name):
+        return self.get(name) is not None
+
+    def __iter__(self):
+        return (key for key, _ in self._fields)
+
+    def __len__(self):
+        return len(self._fields)
+
+    def keys(self):
+        return [key for key, _ in self._fields]
+
+    def values(self):
+        return [value for _, value in self._fields]
+
+    def items(self):
+        return list(self._fields)
+
+    def __str__(self):
+        return "".join(f"{key}: {value}\r\n" for key, value in self._fields) + "\r\n"
+
+
+def _read_head(fp):
+    """The header fields of a response head, up to its empty line, with ``http.client``'s
+    limits (a line of at most 64 KiB, at most 100 fields); a folded line continues the
+    field before it."""
+    fields = []
+    while True:
+        line = fp.readline(http.client._MAXLINE + 1)
+        if len(line) > http.client._MAXLINE:
+            raise http.client.LineTooLong("header line")
+        if line in (b"\r\n", b"\n", b""):
+            return fields
+        if len(fields) >= http.client._MAXHEADERS:
+            raise http.client.HTTPException(
+                f"got more than {http.client._MAXHEADERS} headers")
+        text = line.decode("iso-8859-1").rstrip("\r\n")
+        if text[:1] in (" ", "\t") and fields:
+            name, value = fields[-1]
+            fields[-1] = (name, f"{value} {text.strip()}")
+            continue
+        name, colon, value = text.partition(":")
+        if colon:
+            fields.append((name, value.strip(" \t")))
+
+
+class _LeanResponse(http.client.HTTPResponse):
+    """``HTTPResponse`` with its head read by :func:`_read_head`; everything after the head
+    (the body, chunked or not, ``read1``, closing) is ``http.client``'s."""
+
+    def begin(self):
+        if self.headers is not None:
+            return
+        while True:
+            version, status, reason = self._read_status()
+            if status != http.client.CONTINUE:
+                break
+            _read_head(self.fp)  # an interim answer's head
+        self.code = self.status = status
+        self.reason = reason.strip()
+        if version in ("HTTP/1.0", "HTTP/0.9"):
+            self.version = 10
+        elif version.startswith("HTTP/1."):
+            self.version = 11
+        else:
+            raise http.client.UnknownProtocol(version)
+        self.headers = self.msg = _Head(_read_head(self.fp))
+        encoding = self.headers.get("transfer-encoding")
+        self.chunked = bool(encoding) and encoding.lower() == "chunked"
+        self.chunk_left = None
+        self.will_close = self._check_close()
+        self.length = None
+        length = self.headers.get("content-length")
+        if length and not self.chunked:
+            try:
+                self.length = int(length)
+            except ValueError:
+                self.length = None
+            else:
+                if self.length < 0:
+                    self.length = None
+        if (status in (http.client.NO_CONTENT, http.client.NOT_MODIFIED)
+                or 100 <= status < 200 or self._method == "HEAD"):
+            self.length = 0
+        if not self.will_close and not self.chunked and self.length is None:
+            self.will_close = True
+
+
+class _LeanRequest:
+    """``HTTPConnection.request`` for a request in origin form with a bytes body (or none):
+    the request line, ``Host``, ``Accept-Encoding: identity``, the headers and
+    ``Content-Length`` as ``http.client`` writes them, checked with its own patterns, made
+    into one buffer and sent with the body in one ``sendall``. Any other request (a body to
+    stream, a target in absolute form for a plain-HTTP proxy) is ``http.client``'s."""
+
+    response_class = _LeanResponse
+
+    def request(self, method, url, body=None, headers=None, *, encode_chunked=False):
+        headers = headers or {}
+        if (url[:1] != "/" or not (body is None or isinstance(body, bytes))
+                or encode_chunked):
+            return super().request(method, url, body=body, headers=headers,
+                                   encode_chunked=encode_chunked)
+        response = self._HTTPConnection__response
+        if response and response.isclosed():
+            self._HTTPConnection__response = response = None
+        if self._HTTPConnection__state != http.client._CS_IDLE:
+            raise http.client.CannotSendRequest(self._HTTPConnection__state)
+        self._validate_method(method)
+        self._validate_path(url)
+        fields = []
+        names = set()
+        for name, value in headers.items():
+            name_bytes = name.encode("ascii")
+            if not http.client._is_legal_header_name(name_bytes):
+                raise ValueError(f"Invalid header name {name_bytes!r}")
+            value_bytes = (value.encode("latin-1") if isinstance(value, str)
+                           else value if isinstance(value, bytes) else str(value).encode())
+            if http.client._is_illegal_header_value(value_bytes):
+                raise ValueError(f"Invalid header value {value_bytes!r}")
+            names.add(name.lower())
+            fields.append(name_bytes + b": " + value_bytes)
+        # In http.client's order: the request line, Host, Accept-Encoding, Content-Length,
+        # then the caller's headers.
+        lines = [f"{method} {url} HTTP/1.1".encode("ascii")]
+        if "host" not in names:
+            lines.append(self._lean_host())
+        if "accept-encoding" not in names:
+            lines.append(b"Accept-Encoding: identity")
+        if "content-length" not in names and "transfer-encoding" not in names:
+            if body is not None:
+                lines.append(b"Content-Length: " + str(len(body)).encode())
+            elif method.upper() in http.client._METHODS_EXPECTING_BODY:
+                lines.append(b"Content-Length: 0")
+        lines += fields
+        lines.append(b"\r\n")
+        message = b"\r\n".join(lines)
+        if body:
+            message += body
+        self._method = method
+        self._HTTPConnection__state = http.client._CS_REQ_SENT
+        if self.sock is None:
+            if not self.auto_open:
+                raise http.client.NotConnected()
+            self.connect()
+        self.sock.sendall(message)
+
+    def _lean_host(self):
+        host = getattr(self, "_lean_host_line", None)
+        if host is None:
+            name, port = ((self._tunnel_host, self._tunnel_port) if self._tunnel_host
+                          else (self.host, self.port))
+            try:
+                encoded = name.encode("ascii")
+            except UnicodeEncodeError:
+                encoded = name.encode("idna")
+            if b":" in encoded:
+                encoded = b"[" + encoded + b"]"
+            if port != self.default_port:
+                encoded += f":{port}".encode("ascii")
+            host = self._lean_host_line = b"Host: " + encoded
+        return host
+
+
+class _Connection(_LeanRequest, http.client.HTTPConnection):
+    pass
+
+
+class _TLSConnection(_LeanRequest, http.client.HTTPSConnection):
+    pass
 
 
 def _dropped(sock):
@@ -199,7 +401,8 @@ def request_headers(headers, *, content_type, key, organization, key_header=None
 
 def _header_dict(response):
     headers = {}
-    for name, value in response.getheaders():
+    fields = response.headers
+    for name, value in (fields._fields if type(fields) is _Head else response.getheaders()):
         name = name.lower()
         headers[name] = f"{headers[name]}, {value}" if name in headers else value
     return headers
