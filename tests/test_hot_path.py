@@ -59,3 +59,35 @@ def test_a_setting_read_is_kept_and_forgotten_on_change():
     assert app_settings.TAGS_MAX == before
     with pytest.raises(AttributeError):
         app_settings.NOT_A_SETTING  # noqa: B018
+
+
+@pytest.mark.django_db
+def test_the_fast_converters_bind_what_the_orm_binds():
+    import uuid
+
+    from django.core.exceptions import ValidationError
+    from django.db import connection
+    from django.db.models import DateTimeField, UUIDField
+    from django.utils import timezone
+
+    from openai_django.managers import _PLAIN_FIELDS, _converter, _getter
+
+    now = timezone.now()
+    checked = 0
+    for field in Call._meta.concrete_fields:
+        if not isinstance(field, (_PLAIN_FIELDS, DateTimeField, UUIDField)):
+            continue  # JSON, binary, decimal: the ORM's own prep (tests/test_postgres.py)
+        convert = _converter(connection, field)
+        for value in (None, now, uuid.uuid4(), Call.Status.RUNNING, "text"):
+            try:
+                expected = field.get_db_prep_save(value, connection=connection)
+            except (TypeError, ValueError, AttributeError, ValidationError):
+                continue  # a value the field does not take
+            got = convert(value)
+            assert (got, type(got)) == (expected, type(expected)), (field.name, value)
+            checked += 1
+    assert checked > 100
+    call = Call.objects.new(operation="x", started_at=now)
+    for field in Call._meta.concrete_fields:
+        for add in (True, False):
+            assert _getter(field, add)(call) == field.pre_save(call, add), field.name
