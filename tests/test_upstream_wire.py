@@ -22,7 +22,10 @@ class _Peer:
         self.thread.start()
 
     def _serve(self):
-        conn, _ = self.sock.accept()
+        try:
+            conn, _ = self.sock.accept()
+        except OSError:
+            return  # closed without a connection (a request refused before it was sent)
         with conn:
             for reply in self.replies:
                 data = b""
@@ -39,7 +42,12 @@ class _Peer:
                 conn.sendall(reply)
 
     def close(self):
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)  # wakes a thread still in accept()
+        except OSError:
+            pass
         self.sock.close()
+        self.thread.join(5)
 
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
