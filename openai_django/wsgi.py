@@ -29,7 +29,7 @@ from django.core import signals
 from django.core.handlers.exception import convert_exception_to_response
 from django.core.handlers.wsgi import WSGIRequest, get_path_info, get_script_name
 from django.http.response import ResponseHeaders
-from django.urls import Resolver404, get_resolver, set_script_prefix
+from django.urls import set_script_prefix
 
 from openai_django import asgi
 
@@ -65,17 +65,13 @@ class GatewayWSGI(asgi.LeanEntry):
         plan, _ = self._get_state()
         if plan.reason:
             return None
-        try:
-            match = get_resolver().resolve(get_path_info(environ))
-        except Resolver404:
-            return None
+        return self._operation_match(get_path_info(environ))
+
+    def _is_operation(self, view_class):
         from openai_django.views import AsyncOperationView, OperationView
 
-        view_class = getattr(match.func, "view_class", None)
-        if not (isinstance(view_class, type) and issubclass(view_class, OperationView)
-                and not issubclass(view_class, AsyncOperationView)):
-            return None
-        return match
+        return (isinstance(view_class, type) and issubclass(view_class, OperationView)
+                and not issubclass(view_class, AsyncOperationView))
 
     @staticmethod
     def _view(request):
