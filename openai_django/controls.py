@@ -222,16 +222,16 @@ def allowances_for(user=None, api_key=None, *, cached=False):
     """The allowances that apply to a call of ``api_key`` / ``user``: the key's, the
     user's and those of the user's groups (one query, no ORM compiling; with ``cached``,
     none when :data:`subjects` says nothing can apply)."""
-    from django.db import connection
-
-    from openai_django.models import Allowance
-
     key_id = getattr(api_key, "pk", None)
     user_id = getattr(user, "pk", None)
     if key_id is None and user_id is None:
         return []
     if cached and not subjects.might_apply(key_id, user_id):
-        return []
+        return []  # before the imports below: each is a failed module.__path__ lookup
+    from django.db import connection
+
+    from openai_django.models import Allowance
+
     sql, groups = _lookup_sql()
     params = [key_id, user_id] + ([user_id] if groups else [])
     with connection.cursor() as cursor:
