@@ -282,8 +282,6 @@ def admit(invocation):
     """Check the call's rate limits and reserve its budgets; returns an :class:`Admission`
     (``None`` when nothing limits it). A refusal is recorded as a rejected call and raised
     (:class:`RateLimited` or :class:`InsufficientQuota`)."""
-    from openai_django import recorder
-
     if not app_settings.LIMITS:
         return None
     rows = allowances_for(invocation.user, invocation.api_key, cached=True)
@@ -326,6 +324,8 @@ def admit(invocation):
                         backend.refund(rate, admission.window, admission.tokens)
                     raise _quota_error(exc, admission) from None
     except (RateLimited, InsufficientQuota) as exc:
+        from openai_django import recorder  # here: a package's import runs _handle_fromlist
+
         invocation.call_id = None
         exc.call = recorder.reject(invocation, exc)
         raise
