@@ -13,11 +13,12 @@ from datetime import timedelta
 
 from django.contrib.auth import get_user_model
 from django.core.signals import setting_changed
-from django.db import connection
+from django.db import DEFAULT_DB_ALIAS, connections
 from django.db.models.signals import post_delete, post_save
 from django.utils import timezone
 from rest_framework.authentication import BaseAuthentication
 
+from openai_django import writer
 from openai_django.errors import AuthenticationFailed
 from openai_django.models import KEY_PREFIX, APIKey, hash_key
 
@@ -33,8 +34,9 @@ _objects_lock = threading.Lock()
 _state_sql = {}  # connection vendor -> SQL, or None when the user model does not fit it
 
 
-def _state_query():
-    """SQL reading a key's current state, or ``None`` (then the ORM is used)."""
+def _state_query(connection):
+    """SQL reading a key's current state on ``connection``, or ``None`` (then the ORM is
+    used)."""
     vendor = connection.vendor
     if vendor in _state_sql:
         return _state_sql[vendor]
@@ -95,14 +97,17 @@ def authenticate_key(header):
             "The Authorization header must be 'Bearer YOUR_KEY'.", code="invalid_api_key"
         )
     hashed = hash_key(raw)
-    sql = _state_query()
+    # The default database's connection looked up once: each ``django.db.connection.x`` is
+    # a ``__getattr__`` on a proxy, then on the thread-critical local of the connections
+    # (two AttributeErrors and a RuntimeError raised and caught each time).
+    connection = connections[DEFAULT_DB_ALIAS]
+    sql = _state_query(connection)
     if sql is None:
         return _authenticate_orm(hashed, raw)
     now = timezone.now()
     adapt = connection.ops.adapt_datetimefield_value
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [adapt(now), adapt(now - LAST_USED_RESOLUTION), hashed])
-        row = cursor.fetchone()
+    params = [adapt(now), adapt(now - LAST_USED_RESOLUTION), hashed]
+    row = _fetchone(connection, sql, params)
     if row is None:
         raise AuthenticationFailed(f"Incorrect API key provided: {_mask(raw)}.")
     key_id, user_id, metadata_only, active, user_active, stale = row
@@ -123,6 +128,24 @@ def authenticate_key(header):
         APIKey.objects.filter(pk=key.pk).update(last_used_at=now)
         key.last_used_at = now
     return key
+
+
+def _fetchone(connection, sql, params):
+    """The query's first row. On SQLite, when nothing observes the connection's queries, the
+    statement goes straight to the ``sqlite3`` connection (as openai_django/writer.py's
+    ``execute``: placeholders converted once per statement, errors mapped to Django's); else
+    through a Django cursor. Callgrind, 200 recorded chat calls in one process, with the one
+    connection lookup above: 3.34 M -> 3.15 M instructions a call."""
+    if writer._direct(connection):
+        with connection.wrap_database_errors:
+            cursor = connection.connection.execute(writer._qmark(sql), params)
+            try:
+                return cursor.fetchone()
+            finally:
+                cursor.close()
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.fetchone()
 
 
 def _authenticate_orm(hashed, raw):

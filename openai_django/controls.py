@@ -222,16 +222,16 @@ def allowances_for(user=None, api_key=None, *, cached=False):
     """The allowances that apply to a call of ``api_key`` / ``user``: the key's, the
     user's and those of the user's groups (one query, no ORM compiling; with ``cached``,
     none when :data:`subjects` says nothing can apply)."""
-    from django.db import connection
-
-    from openai_django.models import Allowance
-
     key_id = getattr(api_key, "pk", None)
     user_id = getattr(user, "pk", None)
     if key_id is None and user_id is None:
         return []
     if cached and not subjects.might_apply(key_id, user_id):
-        return []
+        return []  # before the imports below: each is a failed module.__path__ lookup
+    from django.db import connection
+
+    from openai_django.models import Allowance
+
     sql, groups = _lookup_sql()
     params = [key_id, user_id] + ([user_id] if groups else [])
     with connection.cursor() as cursor:
@@ -282,8 +282,6 @@ def admit(invocation):
     """Check the call's rate limits and reserve its budgets; returns an :class:`Admission`
     (``None`` when nothing limits it). A refusal is recorded as a rejected call and raised
     (:class:`RateLimited` or :class:`InsufficientQuota`)."""
-    from openai_django import recorder
-
     if not app_settings.LIMITS:
         return None
     rows = allowances_for(invocation.user, invocation.api_key, cached=True)
@@ -326,6 +324,8 @@ def admit(invocation):
                         backend.refund(rate, admission.window, admission.tokens)
                     raise _quota_error(exc, admission) from None
     except (RateLimited, InsufficientQuota) as exc:
+        from openai_django import recorder  # here: a package's import runs _handle_fromlist
+
         invocation.call_id = None
         exc.call = recorder.reject(invocation, exc)
         raise

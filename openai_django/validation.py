@@ -440,14 +440,17 @@ def _first(errors, order):
 def _check(version, section, op_id, instance):
     """Raise :class:`InvalidRequest` for the first error of ``instance``, if any."""
     validator = _validator(version, section, op_id)
-    root = {"$ref": f"{_URN}{version}#/{section}/{_pointer_token(op_id)}"}
     try:
+        # is_valid first: a valid body (nearly every call) makes no error iterator, no list.
+        if validator.is_valid(instance):
+            return
         errors = list(validator.iter_errors(instance))
     except (ValueError, TypeError, OverflowError) as exc:  # a value JSON cannot carry
         raise InvalidRequest(f"The request holds a value that is not valid JSON: {exc}",
                              param=None) from None
     if not errors:
         return
+    root = {"$ref": f"{_URN}{version}#/{section}/{_pointer_token(op_id)}"}
     doc = _Doc(_resource(version)[0], version, root)
     order = {key: index for index, key in enumerate(instance)} if isinstance(
         instance, dict) else {}

@@ -9,6 +9,7 @@ authentication, negotiation and the same exception handler), where its work is w
 import logging
 import time
 import uuid
+from itertools import chain
 
 import orjson
 from django.http import FileResponse, HttpResponse, StreamingHttpResponse
@@ -186,11 +187,35 @@ def to_response(result):
                                 content_type=content_type)
     else:
         response = HttpResponse(result.body, status=result.status, content_type=content_type)
-    for key, value in headers.items():
-        response[key] = value
+    set_headers(response, headers)
     if result.replayed:
         response["Idempotent-Replayed"] = "true"
     return response
+
+
+def set_headers(response, headers):
+    """``response[key] = value`` for each of ``headers`` (a dict), as Django sets them.
+
+    The upstream's dozen headers are checked all at once: when every name and value is a
+    ``str``, all ASCII and without CR or LF, Django's ``ResponseHeaders.__setitem__`` would
+    store each unchanged (``(name, value)`` under ``name.lower()``), so they are stored so.
+    Anything else (bytes, a number, a non-ASCII value to MIME-encode, a newline to refuse
+    with ``BadHeaderError``) goes through Django, one header at a time. Callgrind, 200
+    recorded chat calls in one process (13 upstream headers): 3.52 M -> 3.45 M instructions
+    a call, with the WSGI entry's start_response reading the stored pairs.
+    """
+    items = headers.items()
+    try:
+        joined = "\n".join(chain.from_iterable(items))
+    except TypeError:  # not all str
+        joined = "\r"
+    if joined.count("\n") == 2 * len(headers) - 1 and "\r" not in joined and joined.isascii():
+        store = response.headers._store
+        for key, value in items:
+            store[key.lower()] = (key, value)
+    else:
+        for key, value in items:
+            response[key] = value
 
 
 def recorded_response(call):

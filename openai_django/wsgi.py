@@ -28,7 +28,8 @@ import logging
 from django.core import signals
 from django.core.handlers.exception import convert_exception_to_response
 from django.core.handlers.wsgi import WSGIRequest, get_path_info, get_script_name
-from django.urls import Resolver404, get_resolver, set_script_prefix
+from django.http.response import ResponseHeaders
+from django.urls import set_script_prefix
 
 from openai_django import asgi
 
@@ -64,17 +65,13 @@ class GatewayWSGI(asgi.LeanEntry):
         plan, _ = self._get_state()
         if plan.reason:
             return None
-        try:
-            match = get_resolver().resolve(get_path_info(environ))
-        except Resolver404:
-            return None
+        return self._operation_match(get_path_info(environ))
+
+    def _is_operation(self, view_class):
         from openai_django.views import AsyncOperationView, OperationView
 
-        view_class = getattr(match.func, "view_class", None)
-        if not (isinstance(view_class, type) and issubclass(view_class, OperationView)
-                and not issubclass(view_class, AsyncOperationView)):
-            return None
-        return match
+        return (isinstance(view_class, type) and issubclass(view_class, OperationView)
+                and not issubclass(view_class, AsyncOperationView))
 
     @staticmethod
     def _view(request):
@@ -95,7 +92,11 @@ class GatewayWSGI(asgi.LeanEntry):
         response._resource_closers.append(request.close)
         response._handler_class = self.__class__
         status = f"{response.status_code} {response.reason_phrase}"
-        headers = [*response.items(),
+        # response.items() is a Mapping view of ResponseHeaders (an iterator and a
+        # case-insensitive lookup a header): its stored (name, value) pairs are the same list.
+        stored = response.headers
+        headers = [*(stored._store.values() if type(stored) is ResponseHeaders
+                     else response.items()),
                    *(("Set-Cookie", c.output(header="")) for c in response.cookies.values())]
         start_response(status, headers)
         if getattr(response, "file_to_stream", None) is not None and environ.get(
