@@ -283,6 +283,26 @@ def _direct(conn):
     return True
 
 
+def _plain_adapters():
+    """Adapters for ``None`` and ``bytes`` in ``sqlite3``'s registry, each returning its value
+    unchanged (only where the site registered none of its own).
+
+    ``sqlite3`` binds an exact ``int``, ``float``, ``str`` or ``bytearray`` as it is, and
+    looks every other parameter up in its adapter registry: a miss then tries
+    ``__adapt__`` and ``__conform__``, two formatted and discarded ``AttributeError``s. The
+    record's 58-column INSERT has about 19 ``None`` parameters, so a recorded call raised 38
+    (callgrind, 200 recorded chat calls in one process: 2.61 M -> 2.53 M instructions a call).
+    A registry hit binds the same value: ``None`` as NULL, ``bytes`` as a BLOB.
+    """
+    import sqlite3
+
+    for kind, adapter in ((type(None), {}.get), (bytes, bytes)):
+        if (kind, sqlite3.PrepareProtocol) not in sqlite3.adapters:
+            sqlite3.register_adapter(kind, adapter)
+
+
+_plain_adapters()
+
 _QMARK = {}
 
 

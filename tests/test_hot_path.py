@@ -91,3 +91,28 @@ def test_the_fast_converters_bind_what_the_orm_binds():
     for field in Call._meta.concrete_fields:
         for add in (True, False):
             assert _getter(field, add)(call) == field.pre_save(call, add), field.name
+
+
+def test_sqlite_binds_none_and_bytes_through_the_registered_adapters():
+    import sqlite3
+
+    from openai_django import writer
+
+    key = (type(None), sqlite3.PrepareProtocol)
+    assert key in sqlite3.adapters and (bytes, sqlite3.PrepareProtocol) in sqlite3.adapters
+    db = sqlite3.connect(":memory:")
+    db.execute("create table t (a, b)")
+    db.execute("insert into t values (?, ?)", (None, b"\x00raw"))
+    assert db.execute("select a, typeof(a), b, typeof(b) from t").fetchall() == [
+        (None, "null", b"\x00raw", "blob")]
+    # A site's own adapter is kept.
+    saved = sqlite3.adapters[key]
+    try:
+        def own(value):
+            return "site's"
+
+        sqlite3.adapters[key] = own
+        writer._plain_adapters()
+        assert sqlite3.adapters[key] is own
+    finally:
+        sqlite3.adapters[key] = saved
