@@ -297,11 +297,14 @@ class CallManager(models.Manager.from_queryset(CallQuerySet)):
                                                   for f in fields))
         return plan
 
-    def _execute(self, alias, sql, params, kind):
-        if app_settings.WRITER and writer.usable(alias):
+    def _execute(self, alias, sql, params, kind, conn=None):
+        # ``conn``: the caller's ``connections[alias]`` (each lookup goes through asgiref's
+        # Local, which raises and catches a RuntimeError when no event loop runs).
+        conn = conn or connections[alias]
+        if app_settings.WRITER and not conn.in_atomic_block:
             writer.get_writer(alias).submit(sql, params, kind=kind)
             return None
-        return writer.execute(connections[alias], sql, params)
+        return writer.execute(conn, sql, params)
 
     def record_new(self, call):
         """``call.save(force_insert=True)`` as one prepared statement.
@@ -323,8 +326,9 @@ class CallManager(models.Manager.from_queryset(CallQuerySet)):
         if self._orm_only():
             call.save(force_insert=True, using=alias)
             return call
-        sql, plan = self._plan(connections[alias], "insert", None)
-        self._execute(alias, sql, [convert(get(call)) for get, convert in plan], "insert")
+        conn = connections[alias]
+        sql, plan = self._plan(conn, "insert", None)
+        self._execute(alias, sql, [convert(get(call)) for get, convert in plan], "insert", conn)
         call._state.adding = False
         call._state.db = alias
         return call
@@ -340,7 +344,7 @@ class CallManager(models.Manager.from_queryset(CallQuerySet)):
         sql, plan = self._plan(conn, "update", names)
         params = [convert(get(call)) for get, convert in plan]
         params.append(self.model._meta.pk.get_db_prep_value(call.pk, conn))
-        if self._execute(alias, sql, params, "update") == 0:
+        if self._execute(alias, sql, params, "update", conn) == 0:
             raise DatabaseError("Save with update_fields did not affect any rows.")
 
     def transition(self, call, expected, **changes):

@@ -35,7 +35,7 @@ import shlex
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import parse_qs, parse_qsl
+from urllib.parse import parse_qs, parse_qsl, quote
 
 import orjson
 import yaml
@@ -100,8 +100,8 @@ class Operation:
 
     def upstream_path(self, path_kwargs):
         """The path to request upstream, with path parameters filled in (URL-quoted)."""
-        from urllib.parse import quote
-
+        if "{" not in self.path:
+            return self.path
         return _PATH_PARAM.sub(
             lambda m: quote(str(path_kwargs[m.group(1)]), safe=":"), self.path
         )
