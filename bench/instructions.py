@@ -1,0 +1,176 @@
+"""Instructions a call: the gateway's own work, counted by callgrind, steady on a busy machine.
+
+    python -m bench.instructions                       # recorded chat call, WSGI entry
+    python -m bench.instructions --no-record           # the same, recording off
+    python -m bench.instructions --entry asgi --stream # a streamed chat call, lean ASGI entry
+    python -m bench.instructions --calls 200 --writer 0 --checkpoint 0
+
+Wall-clock and CPU-time figures on a shared two-core machine move by a third from one run to
+the next; the number of instructions a call executes does not (two runs of the same tree
+agree within about 15 K of 2.5 M with ``--writer 0 --checkpoint 0``; with the writer and the
+checkpoint thread on, within 50-100 K: how much they do depends on how long a run takes).
+This is how each hot-path change of issue 14's last cut was measured.
+
+How: the stand-in upstream runs in its own process (not counted); the gateway runs in this
+one, under ``valgrind --tool=callgrind``, with the bench's settings (SQLite WAL, the writer,
+the checkpointer, ``DEBUG=False``). Two runs are made side by side, one serving 30 warm-up
+calls and ``--calls`` measured calls, the other the 30 warm-up calls alone: the difference
+divided by ``--calls`` is one call's instructions (start-up, imports and the warm-up cancel
+out). The WSGI entry is ``project.wsgi.application`` called with a WSGI environ; the ASGI
+entry ``project.asgi.application`` driven with ASGI messages on an event loop. No HTTP
+server is in the count: its cost is the server's (granian: about 20 us a request here).
+
+Needs valgrind (Debian: ``apt-get install valgrind``).
+"""
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WARM_UP = 30
+
+
+def _serve(args):
+    """The inner run: serve ``args.calls`` calls after the warm-up (under callgrind)."""
+    sys.path.insert(0, ROOT)
+    from bench import scenarios
+    from bench.harness import Harness
+
+    with Harness() as harness:
+        harness.start_upstream()
+        db = harness.sqlite()
+        os.environ.update(harness.django_env(
+            db, OPENAI_DJANGO_RECORD="1" if args.record else "0",
+            OPENAI_DJANGO_WRITER=str(args.writer),
+            OPENAI_DJANGO_SQLITE_CHECKPOINT=str(args.checkpoint),
+            OPENAI_DJANGO_GC_FREEZE="1"))
+        import django
+
+        django.setup()
+        request = dict(scenarios.CHAT)
+        if args.stream:
+            request["stream"] = True
+        body = json.dumps(request).encode()
+        key = os.environ["BENCH_CLIENT_KEY"]
+        one = _wsgi_call(body, key) if args.entry == "wsgi" else _asgi_call(body, key)
+        for _ in range(WARM_UP + args.calls):
+            one()
+
+
+def _wsgi_call(body, key):
+    from project.wsgi import application
+
+    def one():
+        environ = {
+            "REQUEST_METHOD": "POST", "PATH_INFO": "/v1/chat/completions", "SCRIPT_NAME": "",
+            "QUERY_STRING": "", "CONTENT_TYPE": "application/json",
+            "CONTENT_LENGTH": str(len(body)), "SERVER_NAME": "127.0.0.1",
+            "SERVER_PORT": "8000", "SERVER_PROTOCOL": "HTTP/1.1", "HTTP_HOST": "127.0.0.1",
+            "HTTP_AUTHORIZATION": f"Bearer {key}", "wsgi.input": io.BytesIO(body),
+            "wsgi.url_scheme": "http", "wsgi.errors": sys.stderr, "REMOTE_ADDR": "127.0.0.1"}
+        statuses = []
+        response = application(environ, lambda status, headers: statuses.append(status))
+        content = b"".join(response)
+        response.close()
+        if not statuses[0].startswith("200"):
+            raise SystemExit(f"the gateway answered {statuses[0]}: {content[:300]!r}")
+    return one
+
+
+def _asgi_call(body, key):
+    from project.asgi import application
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+             "method": "POST", "scheme": "http", "path": "/v1/chat/completions",
+             "raw_path": b"/v1/chat/completions", "query_string": b"", "root_path": "",
+             "headers": [(b"host", b"127.0.0.1"), (b"content-type", b"application/json"),
+                         (b"content-length", str(len(body)).encode()),
+                         (b"authorization", f"Bearer {key}".encode())],
+             "client": ("127.0.0.1", 5555), "server": ("127.0.0.1", 8000)}
+    loop = asyncio.new_event_loop()
+
+    async def call():
+        sent, ended, first = [], asyncio.Event(), [True]
+
+        async def receive():
+            if first[0]:
+                first[0] = False
+                return {"type": "http.request", "body": body, "more_body": False}
+            await ended.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message):
+            sent.append(message)
+            if message["type"] == "http.response.body" and not message.get("more_body"):
+                ended.set()
+
+        await application(dict(scope), receive, send)
+        if sent[0]["status"] != 200:
+            raise SystemExit(f"the gateway answered {sent[0]['status']}: {sent[1:2]}")
+
+    return lambda: loop.run_until_complete(call())
+
+
+def _count(args, calls, out_dir):
+    """Start one callgrind run serving ``calls`` measured calls: (process, its log path)."""
+    log = os.path.join(out_dir, f"callgrind.{calls}.log")
+    command = ["valgrind", "--tool=callgrind",
+               f"--callgrind-out-file={os.path.join(out_dir, f'callgrind.{calls}.out')}",
+               sys.executable, "-m", "bench.instructions", "--inner", "--calls", str(calls),
+               "--entry", args.entry, "--writer", str(args.writer),
+               "--checkpoint", str(args.checkpoint)]
+    command += ["--stream"] if args.stream else []
+    command += [] if args.record else ["--no-record"]
+    handle = open(log, "w")
+    return subprocess.Popen(command, cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT), log
+
+
+def _collected(log):
+    with open(log) as handle:
+        match = re.search(r"Collected : (\d+)", handle.read())
+    if match is None:
+        raise SystemExit(f"callgrind did not finish: see {log}")
+    return int(match.group(1))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=200)
+    parser.add_argument("--entry", choices=("wsgi", "asgi"), default="wsgi")
+    parser.add_argument("--stream", action="store_true", help="a streamed chat call")
+    parser.add_argument("--no-record", dest="record", action="store_false")
+    parser.add_argument("--writer", type=int, choices=(0, 1), default=1)
+    parser.add_argument("--checkpoint", type=int, choices=(0, 1), default=1)
+    parser.add_argument("--keep", help="a folder to keep callgrind's outputs in")
+    parser.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.inner:
+        return _serve(args)
+    if shutil.which("valgrind") is None:
+        raise SystemExit("valgrind is not installed (Debian: apt-get install valgrind)")
+    out_dir = args.keep or tempfile.mkdtemp(prefix="od-instructions-")
+    os.makedirs(out_dir, exist_ok=True)
+    runs = [_count(args, 0, out_dir), _count(args, args.calls, out_dir)]
+    for process, _ in runs:
+        process.wait()
+    base, measured = (_collected(log) for _, log in runs)
+    per_call = (measured - base) / args.calls
+    what = (f"{'streamed ' if args.stream else ''}chat call, {args.entry.upper()} entry, "
+            f"recording {'on' if args.record else 'off'}, writer {args.writer}, "
+            f"checkpointer {args.checkpoint}")
+    print(f"{per_call / 1e6:.3f} M instructions a call ({what}; {args.calls} calls)")
+    if not args.keep:
+        shutil.rmtree(out_dir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
