@@ -212,7 +212,7 @@ def set_headers(response, headers):
     if joined.count("\n") == 2 * len(headers) - 1 and "\r" not in joined and joined.isascii():
         store = response.headers._store
         for key, value in items:
-            store[key.lower()] = (key, value)
+            store[key.lower().strip()] = (key, value)  # ResponseHeaders.__setitem__'s key
     else:
         for key, value in items:
             response[key] = value
