@@ -300,7 +300,8 @@ class CallManager(models.Manager.from_queryset(CallQuerySet)):
     def _execute(self, alias, sql, params, kind, conn=None):
         # ``conn``: the caller's ``connections[alias]`` (each lookup goes through asgiref's
         # Local, which raises and catches a RuntimeError when no event loop runs).
-        conn = conn or connections[alias]
+        if conn is None:
+            conn = connections[alias]
         if app_settings.WRITER and not conn.in_atomic_block:
             writer.get_writer(alias).submit(sql, params, kind=kind)
             return None
