@@ -44,6 +44,10 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 STREAMS = 24  # open at once when threads are counted
+# Threads a worker may gain while STREAMS streams are open on the lean path: the database
+# pool's (at most DB_THREADS, 8 by default: the warm-up may not have started them all when
+# its calls are quick) and two more; a thread a stream would be STREAMS or more.
+LEAN_THREADS_MAX = 8 + 2
 SITE_MIDDLEWARE = '''
 from django.utils.deprecation import MiddlewareMixin
 
@@ -179,7 +183,7 @@ def test_v1_streams_are_lean_paced_and_hold_no_thread(lean_site, serve, asgi_ups
     server = serve()
     gained = threads_held_by_streams(lean_site, server, asgi_upstream)
     print(f"\nlean: {STREAMS} open streams, {gained} threads gained")
-    assert gained <= 2, f"{gained} threads for {STREAMS} open streams"
+    assert gained <= LEAN_THREADS_MAX, f"{gained} threads for {STREAMS} open streams"
 
     _paced_chat(lean_site, server, asgi_upstream, "uvicorn-lean")
 
@@ -239,7 +243,7 @@ def test_cors_middleware_runs_on_the_lean_path(lean_site, serve, asgi_upstream):
     status, headers, _ = post(server, "/v1/chat/completions",
                               {**lean_site.headers, "Origin": "https://evil.example"}, CHAT)
     assert status == 200 and "access-control-allow-origin" not in {k.lower() for k in headers}
-    assert threads_held_by_streams(lean_site, server, asgi_upstream) <= 2
+    assert threads_held_by_streams(lean_site, server, asgi_upstream) <= LEAN_THREADS_MAX
 
 
 # -- Django serves /v1/ ------------------------------------------------------------------------
