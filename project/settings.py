@@ -225,6 +225,9 @@ if CELERY_BROKER_URL == "filesystem://":
             (_broker_dir / _folder).mkdir(parents=True, exist_ok=True)
         except OSError:
             pass
+    # kombu's transport, with each message renamed into place once written: kombu's own can
+    # hand a polling worker a half-written message, which is then lost (kombu #1551).
+    CELERY_BROKER_TRANSPORT = "openai_django.filesystem_broker:Transport"
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(_broker_dir / "out"),
         "data_folder_out": str(_broker_dir / "out"),

@@ -19,6 +19,7 @@ MEDIA_ROOT = _config["media_root"]
 OPENAI_DJANGO = {**OPENAI_DJANGO, **_config["openai_django"]}
 CELERY_BROKER_URL = _config["broker_url"]
 CELERY_BROKER_TRANSPORT_OPTIONS = _config.get("transport_options") or {}
+CELERY_BROKER_TRANSPORT = _config.get("transport")
 # The callback tasks of the tests, sent to the test run's own queue (like everything else).
 CELERY_IMPORTS = ["tests.async_callbacks"]
 CELERY_TASK_ROUTES = {"tests.async_callbacks.*": {"queue": _config["queue"]}}
