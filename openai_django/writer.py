@@ -340,9 +340,3 @@ def get_writer(alias):
         with _writers_lock:
             writer = _writers.setdefault(alias, Writer(alias))
     return writer
-
-
-def usable(alias):
-    """Whether the caller's writes may go through the writer (not inside a transaction)."""
-    return not connections[alias].in_atomic_block
-
