@@ -15,6 +15,7 @@ import shutil
 import sys
 import tempfile
 import time
+from queue import Empty
 
 TRANSPORTS = ("filesystem", "openai_django.filesystem_broker:Transport")
 
@@ -34,9 +35,10 @@ def _consume(transport, folder, count, out):
     while whole + lost < count and time.monotonic() < deadline:
         try:
             channel._get("q")
-        except Exception as exc:  # noqa: BLE001 - Empty, or what a partial file raises
-            if type(exc).__name__ != "Empty":
-                lost += 1
+        except Empty:
+            continue
+        except Exception:  # what an empty or half-written file raises (JSONDecodeError)
+            lost += 1
             continue
         whole += 1
     out.put((whole, lost))

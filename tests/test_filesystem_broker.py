@@ -10,10 +10,10 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from queue import Empty
 
 import pytest
 from kombu import Connection
-
 
 OURS = "openai_django.filesystem_broker:Transport"
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,8 +28,10 @@ def poll(consumer):
     """What a worker's poll of the folder takes right now: a payload, "empty", or an error."""
     try:
         return consumer._get("q")
-    except Exception as exc:  # noqa: BLE001 - Empty, or what a partial message raises
-        return "empty" if type(exc).__name__ == "Empty" else exc
+    except Empty:
+        return "empty"
+    except Exception as exc:  # what an empty or half-written message raises
+        return exc
 
 
 class Polling(dict):
