@@ -11,6 +11,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import pytest
@@ -225,7 +226,9 @@ def test_a_full_checkpoint_waits_for_the_writers_lock(tmp_path):
         conn.execute("INSERT INTO t VALUES (?)", (os.urandom(3000),))
     total, copied = sqlite_wal.wal_frames(path)
     assert total >= SMALL["FULL_PAGES"] and copied == 0
-    database = sqlite_wal._Database(path, sqlite_wal.options(SMALL))
+    # FULL_REMAINDER above the log's size: no passive pass first, the FULL alone.
+    database = sqlite_wal._Database(path, sqlite_wal.options({**SMALL,
+                                                              "FULL_REMAINDER": total}))
     try:
         with writer.sqlite_writers_lock(path) as held:  # a batch being written
             assert held
@@ -238,6 +241,68 @@ def test_a_full_checkpoint_waits_for_the_writers_lock(tmp_path):
     finally:
         database.close()
         conn.close()
+
+
+class _Writing(threading.Thread):
+    """Commits a row every millisecond on a connection of its own until stopped."""
+
+    def __init__(self, path):
+        super().__init__(daemon=True)
+        self.path = path
+        self.halt = threading.Event()
+
+    def run(self):
+        conn = sqlite3.connect(self.path, isolation_level=None, timeout=5)
+        try:
+            while not self.halt.is_set():
+                conn.execute("INSERT INTO t VALUES (?)", (os.urandom(3000),))
+                time.sleep(0.001)
+        finally:
+            conn.close()
+
+
+def test_a_full_checkpoint_copies_only_what_passive_passes_left(tmp_path):
+    """Before the FULL pass, which every writer waits for, PASSIVE passes (no lock) copy the
+    log down to at most FULL_REMAINDER frames; then the FULL copies those and the log starts
+    over. Commits go on all along."""
+    path = str(tmp_path / "r.sqlite3")
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA wal_autocheckpoint=0")
+    conn.execute("CREATE TABLE t (x BLOB)")
+    for _ in range(400):
+        conn.execute("INSERT INTO t VALUES (?)", (os.urandom(3000),))
+    total, copied = sqlite_wal.wal_frames(path)
+    assert total >= 400 and copied == 0
+    database = sqlite_wal._Database(path, sqlite_wal.options({**SMALL, "FULL_REMAINDER": 64}))
+    copies = []
+    checkpoint = database.checkpoint
+
+    def observed(mode):  # what each pass found left to copy, then the pass itself (real)
+        frames = sqlite_wal.wal_frames(path)
+        copies.append((mode, frames[0] - frames[1]))
+        return checkpoint(mode)
+
+    database.checkpoint = observed
+    writing = _Writing(path)
+    writing.start()
+    try:
+        result = database.tick()
+    finally:
+        writing.halt.set()
+        writing.join(10)
+        database.close()
+    assert copies[0] == ("PASSIVE", copies[0][1]) and copies[0][1] >= total
+    if database.stats["full"]:  # the passes did not copy it all: the FULL took the rest
+        assert copies[-1][0] == "FULL" and copies[-1][1] <= 64, copies
+        assert result[0] == 0 and result[2] == result[1]
+    else:  # everything copied by the passes: the next writer starts the log over
+        assert database.stats["passive"] >= 1
+    assert database.stats["passive"] <= 3
+    conn.execute("INSERT INTO t VALUES (?)", (b"next",))
+    assert sqlite_wal.wal_frames(path)[0] < total  # the log started over
+    assert conn.execute("SELECT count(*) FROM t").fetchone()[0] >= 401
+    conn.close()
 
 
 def test_reading_the_wal_index_keeps_the_connections_locks(tmp_path):
