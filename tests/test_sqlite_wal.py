@@ -45,14 +45,21 @@ def small_checkpoints(settings):
     connection.close()
 
 
-def test_wal_frames_reads_what_sqlite_reports(tmp_path):
-    path = str(tmp_path / "w.sqlite3")
+def _wal_with_rows(path, rows):
+    """A WAL database at ``path`` whose log holds ``rows`` rows of 3 KB, none of them copied
+    (no auto-checkpoint): ``(path, autocommit connection)``."""
+    path = str(path)
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA wal_autocheckpoint=0")
     conn.execute("CREATE TABLE t (x BLOB)")
-    for _ in range(20):
+    for _ in range(rows):
         conn.execute("INSERT INTO t VALUES (?)", (os.urandom(3000),))
+    return path, conn
+
+
+def test_wal_frames_reads_what_sqlite_reports(tmp_path):
+    path, conn = _wal_with_rows(tmp_path / "w.sqlite3", 20)
     total, copied = sqlite_wal.wal_frames(path)
     other = sqlite3.connect(path, isolation_level=None)
     busy, log_frames, checkpointed = other.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
@@ -217,13 +224,7 @@ def test_a_full_checkpoint_waits_for_the_writers_lock(tmp_path):
     for it in the kernel, not in SQLite's busy handler."""
     from openai_django import writer
 
-    path = str(tmp_path / "w.sqlite3")
-    conn = sqlite3.connect(path, isolation_level=None)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA wal_autocheckpoint=0")
-    conn.execute("CREATE TABLE t (x BLOB)")
-    for _ in range(200):
-        conn.execute("INSERT INTO t VALUES (?)", (os.urandom(3000),))
+    path, conn = _wal_with_rows(tmp_path / "w.sqlite3", 200)
     total, copied = sqlite_wal.wal_frames(path)
     assert total >= SMALL["FULL_PAGES"] and copied == 0
     # FULL_REMAINDER above the log's size: no passive pass first, the FULL alone.
@@ -265,13 +266,7 @@ def test_a_full_checkpoint_copies_only_what_passive_passes_left(tmp_path):
     """Before the FULL pass, which every writer waits for, PASSIVE passes (no lock) copy the
     log down to at most FULL_REMAINDER frames; then the FULL copies those and the log starts
     over. Commits go on all along."""
-    path = str(tmp_path / "r.sqlite3")
-    conn = sqlite3.connect(path, isolation_level=None)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA wal_autocheckpoint=0")
-    conn.execute("CREATE TABLE t (x BLOB)")
-    for _ in range(400):
-        conn.execute("INSERT INTO t VALUES (?)", (os.urandom(3000),))
+    path, conn = _wal_with_rows(tmp_path / "r.sqlite3", 400)
     total, copied = sqlite_wal.wal_frames(path)
     assert total >= 400 and copied == 0
     database = sqlite_wal._Database(path, sqlite_wal.options({**SMALL, "FULL_REMAINDER": 64}))
