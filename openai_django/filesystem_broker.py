@@ -30,16 +30,42 @@ Use it with a filesystem broker URL::
 
 import os
 import uuid
-from time import monotonic
+from time import monotonic, time
 
 from kombu.exceptions import ChannelError
 from kombu.transport import filesystem
 from kombu.utils.encoding import str_to_bytes
 from kombu.utils.json import dumps
 
+#: A ``.partial`` file older than this was left by a publisher that died between its write and
+#: its rename (a live one takes milliseconds): its message was never sent, the file is removed.
+STALE_PARTIAL_SECONDS = 600
+
 
 class Channel(filesystem.Channel):
     """kombu's filesystem channel whose messages are renamed into place once written."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._remove_stale_partials()
+
+    def _remove_stale_partials(self):
+        """Remove the ``.partial`` files of publishers that died mid-write (each channel, as a
+        worker or a web process opens it: never in a poll)."""
+        folder = self.data_folder_out
+        cutoff = time() - STALE_PARTIAL_SECONDS
+        try:
+            names = os.listdir(folder)
+        except OSError:
+            return  # kombu reports a missing folder where it uses it
+        for name in names:
+            if name.startswith(".") and name.endswith(".partial"):
+                path = os.path.join(folder, name)
+                try:
+                    if os.stat(path).st_mtime < cutoff:
+                        os.remove(path)
+                except OSError:
+                    pass  # renamed or removed meanwhile
 
     def _put(self, queue, payload, **kwargs):
         """Put ``payload`` onto ``queue``: written aside, then renamed to kombu's name."""

@@ -9,6 +9,7 @@ the message is being serialized) polls the folder as a worker would.
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from queue import Empty
 
@@ -124,3 +125,15 @@ def test_the_demo_uses_it_for_its_folder_broker_only(url, transport):
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == transport
+
+
+def test_partial_files_of_dead_publishers_are_removed_by_the_next_channel(tmp_path):
+    from openai_django.filesystem_broker import STALE_PARTIAL_SECONDS
+
+    old, fresh = tmp_path / ".dead.partial", tmp_path / ".live.partial"
+    old.write_bytes(b'{"body": "ha')
+    fresh.write_bytes(b'{"body": "wri')
+    past = time.time() - STALE_PARTIAL_SECONDS - 5
+    os.utime(old, (past, past))
+    channel(OURS, tmp_path)
+    assert sorted(os.listdir(tmp_path)) == [fresh.name]
