@@ -16,8 +16,9 @@ with this one. The likely cause of a CI failure: a background call that never fi
 Here a message is serialized first, written under a name no consumer reads
 (``.<uuid>.partial``: not ``*.<queue>.msg``, so kombu's ``_get``, ``_size`` and ``_purge`` pass
 it by) and renamed to its final name once written: ``os.replace`` in one folder is
-atomic, so a consumer sees the whole message or none. The rest (names, order, folders,
-options) is kombu's.
+atomic, so a consumer sees the whole message or none. A publisher killed between the write
+and the rename leaves its ``.partial`` file: each channel, as it opens, removes those older
+than :data:`STALE_PARTIAL_SECONDS`. The rest (names, order, folders, options) is kombu's.
 
 Use it with a filesystem broker URL::
 
