@@ -163,7 +163,7 @@ class _Database:
                     if result is None or result[0] or frames is None:
                         return result  # another checkpoint is running: the next tick
                     total, copied = frames
-                    if copied > total or copied == total:
+                    if copied >= total:
                         return result  # all copied: the next writer starts the log over
                 # The writers' lock too (writer.py): a batch being written is not kept
                 # waiting in SQLite's busy handler, and one arriving waits in the kernel.

@@ -28,6 +28,7 @@ import urllib.request
 import httpx
 import pytest
 
+from openai_django import conf
 from tests.fixtures.asgi import AsgiSite
 from tests.test_asgi import (  # noqa: F401 (warm_sdk: a fixture)
     CHAT,
@@ -45,9 +46,10 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 STREAMS = 24  # open at once when threads are counted
 # Threads a worker may gain while STREAMS streams are open on the lean path: the database
-# pool's (at most DB_THREADS, 8 by default: the warm-up may not have started them all when
-# its calls are quick) and two more; a thread a stream would be STREAMS or more.
-LEAN_THREADS_MAX = 8 + 2
+# pool's (at most DB_THREADS, the sites here keep the default: the warm-up may not have
+# started them all when its calls are quick) and two more; a thread a stream would be
+# STREAMS or more.
+LEAN_THREADS_MAX = conf.DEFAULTS["DB_THREADS"] + 2
 SITE_MIDDLEWARE = '''
 from django.utils.deprecation import MiddlewareMixin
 
