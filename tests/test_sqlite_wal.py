@@ -325,3 +325,36 @@ def test_a_full_checkpoint_copies_only_what_passive_passes_left(tmp_path):
     assert sqlite_wal.wal_frames(path)[0] < total  # the log started over
     assert conn.execute("SELECT count(*) FROM t").fetchone()[0] == 401 + writing.commits
     conn.close()
+
+
+def test_reading_the_wal_index_keeps_the_connections_locks(tmp_path):
+    """SQLite's connections hold POSIX locks on the -shm file, which a process loses when it
+    closes any descriptor of that file: reading the wal-index must not (it did, and another
+    process then re-initialised the wal-index under a live connection: a SIGBUS in a test run).
+    Another process probes the lock SQLite keeps while a connection is open (the "DMS" byte)."""
+    path = str(tmp_path / "w.sqlite3")
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("CREATE TABLE t (x)")
+    conn.execute("INSERT INTO t VALUES (1)")
+    probe = textwrap.dedent(f"""
+        import fcntl, os
+        fd = os.open({path + "-shm"!r}, os.O_RDWR)
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 128)
+        except OSError:
+            print("held")
+        else:
+            print("free")
+    """)
+
+    def dms():
+        return subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                              check=True).stdout.strip()
+
+    assert dms() == "held"
+    for _ in range(3):
+        assert sqlite_wal.wal_frames(path)[0] >= 1
+    assert dms() == "held"
+    conn.execute("INSERT INTO t VALUES (2)")
+    conn.close()
