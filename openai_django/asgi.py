@@ -58,6 +58,16 @@ logger = logging.getLogger("openai_django.asgi")
 # the lean path's thread (the event loop) has none (the database pool's threads manage their
 # own), so a request here sends the signal only when the site connected receivers of its own.
 _THREAD_RECEIVERS = {"django.db.reset_queries", "django.db.close_old_connections"}
+# Receivers of ``request_finished`` that may run on the event loop: those, Django's
+# ``close_caches`` (a no-op but for memcached, whose clients drop their sockets) and
+# ``reset_urlconf``, the collector's freeze (gcfreeze.py: a counter; its full collection,
+# every 10 min, holds the GIL wherever it runs), the sweep's clock (recovery.py) and the
+# closing of ended threads' connections (thread_connections.py): a sweep that is due, and
+# connections to close, go to the pool.
+_LOOP_FINISHED_RECEIVERS = _THREAD_RECEIVERS | {
+    "django.core.cache.close_caches", "django.core.handlers.base.reset_urlconf",
+    "openai_django.gcfreeze.after_request", "openai_django.recovery.maybe_sweep",
+    "openai_django.thread_connections.close_orphans"}
 
 KEY_AUTHENTICATION = "openai_django.auth.APIKeyAuthentication"
 
@@ -357,9 +367,15 @@ class GatewayASGI(LeanEntry):
         try:
             response = tasks[1].result()
         except asyncio.CancelledError:
-            await db(signals.request_finished.send)(sender=ASGIHandler)
+            if _site_receivers(signals.request_finished, _LOOP_FINISHED_RECEIVERS):
+                await db(signals.request_finished.send)(sender=ASGIHandler)
+            else:
+                signals.request_finished.send(sender=ASGIHandler)
         else:
-            await db(response.close)()
+            if _closes_on_the_loop(response, request):
+                response.close()
+            else:
+                await db(response.close)()
         body_file.close()
 
 
@@ -397,8 +413,31 @@ async def send_response(handler, response, send):
     await send({"type": "http.response.body"})
 
 
-def _site_receivers(signal):
-    """Whether ``signal`` has receivers beyond Django's own per-thread database ones."""
+def _closes_on_the_loop(response, request):
+    """Whether closing ``response`` touches neither the database nor a file, so that it is
+    closed on the event loop instead of with a hop to the database pool (one of three a call
+    made before; a hop is 30-50 us of CPU, docs/performance.md): its closers are the request's
+    (no uploaded file) and a stream relay's that already finished its record, and
+    ``request_finished`` has no receiver but the loop-safe ones. Anything else (a file
+    response, an unfinished relay, a site's receiver) is closed in the pool, as Django's
+    handler does."""
+    from openai_django.gateway import StreamRelay
+
+    if _site_receivers(signals.request_finished, _LOOP_FINISHED_RECEIVERS):
+        return False
+    for closer in response._resource_closers:
+        owner = getattr(closer, "__self__", None)
+        if owner is request:
+            if getattr(request, "_files", None):
+                return False
+        elif not (isinstance(owner, StreamRelay) and owner.finished):
+            return False
+    return True
+
+
+def _site_receivers(signal, known=_THREAD_RECEIVERS):
+    """Whether ``signal`` has receivers beyond the ``known`` ones (by default Django's own
+    per-thread database ones)."""
     if not signal.receivers:
         return False
     live = signal._live_receivers(ASGIHandler)  # Django 5: (sync, async) receivers
@@ -409,4 +448,4 @@ def _site_receivers(signal):
     else:
         sync_receivers = live
     return any(f"{getattr(r, '__module__', '')}.{getattr(r, '__qualname__', '')}"
-               not in _THREAD_RECEIVERS for r in sync_receivers)
+               not in known for r in sync_receivers)

@@ -25,7 +25,8 @@ _last = [0.0]  # monotonic time of this process's last sweep (0: none yet)
 
 def maybe_sweep(**kwargs):
     """Sweep if this process has not for ``SWEEP_INTERVAL`` seconds (one thread at a time;
-    the others go on at once)."""
+    the others go on at once). Sent on an event loop (the lean ASGI entry closes a response
+    there), a due sweep runs in the database pool instead, and the loop goes on."""
     interval = app_settings.SWEEP_INTERVAL
     if interval is None:
         return
@@ -34,8 +35,23 @@ def maybe_sweep(**kwargs):
         return
     if not _lock.acquire(blocking=False):
         return
+    _last[0] = now
+    from openai_django import threads
+
+    if not threads.on_event_loop():
+        _sweep()
+        return
     try:
-        _last[0] = now
+        # The lock is released there, when the sweep is done; the pool's thread keeps its
+        # connection (threads.py looks after it).
+        threads.in_pool(_sweep, False)
+    except RuntimeError as exc:  # the pool is shut down (the process is ending)
+        _lock.release()
+        logger.info("No sweep of orphaned calls: %s", exc)
+
+
+def _sweep(close_connections=True):
+    try:
         from openai_django.tasks import sweep
 
         counts = sweep()
@@ -45,7 +61,8 @@ def maybe_sweep(**kwargs):
         logger.exception("The sweep of orphaned calls failed")
     finally:
         _lock.release()
-        close_old_connections()
+        if close_connections:
+            close_old_connections()
 
 
 request_finished.connect(maybe_sweep, dispatch_uid="openai_django.recovery.maybe_sweep")

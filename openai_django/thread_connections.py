@@ -49,7 +49,19 @@ class _Closer:
 
 
 def close_orphans(**kwargs):
-    """``request_finished`` receiver: close the connections of threads that ended."""
+    """``request_finished`` receiver: close the connections of threads that ended (in the
+    database pool when sent on an event loop: closing an SQLite connection may checkpoint)."""
+    if not _orphans:
+        return
+    from openai_django import threads
+
+    if threads.on_event_loop():
+        threads.in_pool(_close_orphans)
+    else:
+        _close_orphans()
+
+
+def _close_orphans():
     while _orphans:
         try:
             raw = _orphans.pop()

@@ -325,3 +325,83 @@ def test_request_started_is_sent_when_the_site_listens():
     finally:
         signals.request_started.disconnect(sites_own)
     assert not _site_receivers(signals.request_started)
+
+
+def test_a_response_is_closed_on_the_loop_only_when_its_close_needs_no_thread(rf, tmp_path):
+    """The lean path closes a response on the event loop (one hop to the database pool fewer
+    a call) when nothing its close runs needs the database or a file: the request's own
+    closer without uploads, a stream relay that finished its record, no site receiver of
+    ``request_finished``. Anything else is closed in the pool."""
+    from django.core import signals
+    from django.core.files.uploadedfile import SimpleUploadedFile
+    from django.http import FileResponse, HttpResponse
+
+    from openai_django.asgi import _closes_on_the_loop
+    from openai_django.gateway import StreamRelay
+
+    def answered(request, response):
+        response._resource_closers.append(request.close)  # as the lean entry does
+        return response
+
+    request = rf.post("/v1/chat/completions", data=b"{}", content_type="application/json")
+    assert _closes_on_the_loop(answered(request, HttpResponse(b"{}")), request)
+
+    upload = rf.post("/v1/files", {"purpose": "batch",
+                                   "file": SimpleUploadedFile("a.jsonl", b"{}\n")})
+    assert upload.FILES["file"].name == "a.jsonl"  # parsed: the request holds the file
+    assert not _closes_on_the_loop(answered(upload, HttpResponse(b"{}")), upload)
+
+    path = tmp_path / "artifact.bin"
+    path.write_bytes(b"x")
+    with open(path, "rb") as fh:
+        assert not _closes_on_the_loop(answered(request, FileResponse(fh)), request)
+
+    relay = StreamRelay.__new__(StreamRelay)  # only its state is read here
+    relay.finished = False
+    streamed = answered(request, HttpResponse(b""))
+    streamed._resource_closers.append(relay.close)
+    assert not _closes_on_the_loop(streamed, request)  # its close finishes the record
+    relay.finished = True
+    assert _closes_on_the_loop(streamed, request)
+
+    def sites_own(**kwargs):
+        pass
+
+    signals.request_finished.connect(sites_own)
+    try:
+        assert not _closes_on_the_loop(answered(request, HttpResponse(b"{}")), request)
+    finally:
+        signals.request_finished.disconnect(sites_own)
+
+
+def test_a_sites_request_finished_receiver_runs_in_the_pool(lean_site, serve, tmp_path):
+    """A receiver of the site's own may use the ORM: the lean path then closes the response in
+    the database pool, as Django's handler closes it in a thread."""
+    log = tmp_path / "receiver.log"
+    server = serve(extra=f'''
+import threading as _threading
+from django.core.signals import request_finished as _request_finished
+
+
+def _note_thread(**kwargs):
+    with open({str(log)!r}, "a") as fh:
+        fh.write(_threading.current_thread().name + "\\n")
+
+
+_request_finished.connect(_note_thread, weak=False)
+''')
+    log.write_text("")  # the server's readiness probe went through Django's handler
+    status, headers, body = post(server, "/v1/chat/completions", lean_site.headers, CHAT)
+    assert status == 200, body
+    call_id = {name.lower(): value for name, value in headers.items()}["x-call-id"]
+    row = lean_site.wait_call(call_id, finished)
+    assert row["status"] == "succeeded", brief(row)
+    deadline = time.monotonic() + 5
+    while not log.exists() or not log.read_text().strip():
+        assert time.monotonic() < deadline, "the site's receiver did not run"
+        time.sleep(0.02)
+    # The call's close ran in the pool; never on the event loop (uvicorn's main thread). The
+    # other lines are Django's handler's threads, which serve the REST log read above.
+    names = log.read_text().split()
+    assert any(name.startswith("openai-django-db") for name in names), names
+    assert "MainThread" not in names, names

@@ -123,6 +123,42 @@ def test_a_call_orphaned_by_a_dead_process_is_swept_by_the_next_request(http, up
     assert Call.objects.get(pk=alive.pk).status == Call.Status.RUNNING
 
 
+def test_a_sweep_due_on_an_event_loop_runs_in_the_database_pool(monkeypatch):
+    """The lean ASGI entry closes a response on the event loop: a sweep that falls due there
+    goes to the database pool (the ORM may not run on the loop) and the loop goes on."""
+    import asyncio
+    import threading
+
+    import openai_django.tasks as tasks
+
+    orphan = _orphan()
+    ran_in = []
+    real_sweep = tasks.sweep
+
+    def noting(*args, **kwargs):  # the real sweep, and the thread it ran in
+        ran_in.append(threading.current_thread().name)
+        return real_sweep(*args, **kwargs)
+
+    async def on_the_loop():
+        recovery.maybe_sweep()  # returns at once: the sweep was handed to the pool
+
+    monkeypatch.setattr(tasks, "sweep", noting)
+    recovery._last[0] = 0.0
+    try:
+        asyncio.run(on_the_loop())
+        deadline = time.monotonic() + 10
+        while Call.objects.get(pk=orphan.pk).status == Call.Status.RUNNING:
+            assert time.monotonic() < deadline, "the orphan was not swept"
+            time.sleep(0.05)
+        while recovery._lock.locked():  # released by the pool's thread once done
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+    finally:
+        recovery._last[0] = float("inf")
+    assert len(ran_in) == 1 and ran_in[0].startswith("openai-django-db"), ran_in
+    assert Call.objects.get(pk=orphan.pk).outcome == Call.Outcome.LOST
+
+
 def test_openai_sweep_finishes_orphans_from_cron(capsys):
     orphan = _orphan(mode="sync", stream=False, stream_events=None, output_text="")
     call_command("openai_sweep", "--json")
