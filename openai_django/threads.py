@@ -87,9 +87,12 @@ def db(func):
     ``concurrent.futures`` future chained to an asyncio one (``run_in_executor``). The
     context variables ``func`` set come back to the caller, as there. CPU of a hop of a
     no-op, both threads, median of 8 rounds of 3,000 (``python -m bench.hop_bench``,
-    2026-12-02 00:52 UTC, load 3.9): asgiref 61 us, this 46 us under asyncio; 44 and 29 us
-    under uvloop. A call makes two hops (the record's start and its finish) and a stream
-    one more a checkpoint.
+    2026-12-02): at load 3.9 (00:52 UTC) asgiref 61 us, this 46 us under asyncio, 44 and
+    29 us under uvloop; on the quiet machine (load 0.7, 01:26 UTC, where each hop wakes a
+    sleeping core) 161 and 131 us under asyncio, 115 and 99 us under uvloop. A streamed chat
+    call through the lean ASGI entry went from 4.88 M to 4.24 M instructions with this and
+    the close on the loop (asgi.py), ``python -m bench.instructions --entry asgi --stream``.
+    A call makes two hops (the record's start and its finish).
 
     A function handed to the pool runs to its end even when its caller is cancelled
     meanwhile (the record's writes are never cut off half-way); the caller only stops
