@@ -30,7 +30,7 @@ async def _rounds(rounds, hops):
         "openai_django.threads.db": threads.db(_noop),
     }
     figures = {name: [] for name in variants}
-    for name, hop in variants.items():  # warm-up: the pool's threads started
+    for hop in variants.values():  # warm-up: the pool's threads started
         for _ in range(200):
             await hop(1)
     for _ in range(rounds):
