@@ -416,7 +416,7 @@ async def send_response(handler, response, send):
 def _closes_on_the_loop(response, request):
     """Whether closing ``response`` touches neither the database nor a file, so that it is
     closed on the event loop instead of with a hop to the database pool (one of three a call
-    made before; a hop is 30-50 us of CPU, docs/performance.md): its closers are the request's
+    made before; a hop is 30-160 us of CPU, bench.hop_bench): its closers are the request's
     (no uploaded file) and a stream relay's that already finished its record, and
     ``request_finished`` has no receiver but the loop-safe ones. Anything else (a file
     response, an unfinished relay, a site's receiver) is closed in the pool, as Django's
