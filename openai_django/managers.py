@@ -292,6 +292,8 @@ class CallManager(models.Manager.from_queryset(CallQuerySet)):
                 sql = (f"UPDATE {quote(meta.db_table)} SET "
                        f"{', '.join(c + ' = %s' for c in columns)} "
                        f"WHERE {quote(meta.pk.column)} = %s")
+                if kind == "update_running":
+                    sql += f" AND {quote(meta.get_field('status').column)} = %s"
             add = kind == "insert"
             plan = self._plans[key] = (sql, tuple((_getter(f, add), _converter(conn, f))
                                                   for f in fields))
@@ -347,6 +349,20 @@ class CallManager(models.Manager.from_queryset(CallQuerySet)):
         params.append(self.model._meta.pk.get_db_prep_value(call.pk, conn))
         if self._execute(alias, sql, params, "update", conn) == 0:
             raise DatabaseError("Save with update_fields did not affect any rows.")
+
+    def update_running(self, pk, alias, **values):
+        """``filter(pk=pk, status="running").update(**values)`` as one prepared statement,
+        its values bound as the ORM binds them (a stream's checkpoint: a late one never
+        overwrites a finished record). The ORM builds the same UPDATE through its query
+        compiler each time: 140 of the 300 us of CPU a checkpoint of 60 chat events cost
+        (cProfile, 2026-12-02). Returns the row count."""
+        conn = connections[alias]
+        names = tuple(values)
+        sql, plan = self._plan(conn, "update_running", names)
+        params = [convert(values[name]) for name, (_, convert) in zip(names, plan)]
+        params.append(self.model._meta.pk.get_db_prep_value(pk, conn))
+        params.append(self.model.Status.RUNNING.value)
+        return writer.execute(conn, sql, params)
 
     def transition(self, call, expected, **changes):
         """Apply ``changes`` to the row only if it still matches ``expected``

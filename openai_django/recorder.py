@@ -408,11 +408,11 @@ def checkpoint(call, events):
     kind = _kind(call)
     events = redact(list(events), call, "stream_events")
     text = redact(kind.assemble(events, call.request_body).text, call, "output_text")
-    if connections[router.db_for_write(Call)].vendor == "postgresql":
+    alias = router.db_for_write(Call)
+    if connections[alias].vendor == "postgresql":
         events, text = without_nul(events), without_nul(text)  # see managers._converter
     # Only while the call runs: a late checkpoint never overwrites the finished record.
-    Call.objects.filter(pk=call.pk, status=Call.Status.RUNNING).update(
-        stream_events=events, output_text=text)
+    Call.objects.update_running(call.pk, alias, stream_events=events, output_text=text)
 
 
 def _send_signal(call):

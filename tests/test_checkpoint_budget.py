@@ -58,3 +58,42 @@ def test_no_budget_saves_every_stream_every_interval(settings):
     settings.OPENAI_DJANGO = {**settings.OPENAI_DJANGO, "STREAM_CHECKPOINT_BUDGET": None}
     saves, relays = _run(1000, 0.5, 1.8)
     assert min(r.saves for r in relays) >= 2, saves
+
+
+def _chunk(text):
+    import json
+
+    return json.dumps({"id": "chatcmpl-1", "object": "chat.completion.chunk",
+                       "choices": [{"index": 0, "delta": {"content": text},
+                                    "finish_reason": None}]}, ensure_ascii=False)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_checkpoint_saves_a_running_call_only_and_reads_back_as_saved():
+    """A checkpoint (one prepared UPDATE, ``CallManager.update_running``) stores the events
+    and the text they make exactly as the ORM would (JSON, non-ASCII; the text's NUL, which
+    PostgreSQL cannot hold, as U+FFFD there); once the call is finished, a late checkpoint
+    changes nothing."""
+    from django.db import connection
+
+    from openai_django import recorder
+    from openai_django.models import Call
+
+    call = Call.objects.create(operation="createChatCompletion", method="POST",
+                               path="/chat/completions", status=Call.Status.RUNNING,
+                               mode="stream", stream=True,
+                               request_body={"model": "gpt-4o-mini", "stream": True,
+                                             "messages": [{"role": "user", "content": "hi"}]})
+    events = [_chunk("Grüße, "), _chunk("wörld \x00"), _chunk("✓")]
+    recorder.checkpoint(call, events)
+    row = Call.objects.get(pk=call.pk)
+    nul = "\ufffd" if connection.vendor == "postgresql" else "\x00"
+    assert row.stream_events == events  # (the event's NUL is JSON's escape, 6 characters)
+    assert row.output_text == f"Grüße, wörld {nul}✓"
+    assert row.status == Call.Status.RUNNING
+
+    Call.objects.filter(pk=call.pk).update(status=Call.Status.SUCCEEDED)
+    recorder.checkpoint(call, events + [_chunk(" more")])  # late: after the finish
+    again = Call.objects.get(pk=call.pk)
+    assert again.stream_events == row.stream_events and again.output_text == row.output_text
+    assert Call.objects.update_running(call.pk, "default", output_text="x") == 0
