@@ -82,15 +82,16 @@ _client = []
 
 async def _relay(send):
     """``--relay``: the stream asked of the stand-in with the gateway's async client over
-    HTTP/2 (as the soak's gateway) and relayed part by part, each fed to an
-    :class:`~openai_django.sse.SSEParser` as the gateway's relay does; no key, no record, no
-    checkpoint."""
+    HTTP/2 (as the soak's gateway; ``--relay-http 1.1``: a connection a stream) and relayed
+    part by part, each fed to an :class:`~openai_django.sse.SSEParser` as the gateway's relay
+    does; no key, no record, no checkpoint."""
     from openai_django.sse import SSEParser
     from openai_django.transport.aio import AsyncUpstreamClient
 
     if not _client:
         _client.append(AsyncUpstreamClient(os.environ["FLOOR_UPSTREAM"], "sk-floor",
-                                           http2=True, read_timeout=120, pool_size=20_000))
+                                           http2=os.environ.get("FLOOR_HTTP") != "1.1",
+                                           read_timeout=120, pool_size=20_000))
     response = await _client[0].send("POST", "/chat/completions", body=_BODY,
                                      content_type="application/json", stream=True)
     await send({"type": "http.response.start", "status": 200, "headers": _HEADERS})
@@ -127,6 +128,7 @@ def main(argv=None):
     parser.add_argument("--shares", type=int, default=2)
     parser.add_argument("--relay", action="store_true",
                         help="relay each stream from the stand-in (its own process, HTTP/2)")
+    parser.add_argument("--relay-http", choices=("2", "1.1"), default="2")
     opts = parser.parse_args(argv)
     raise_fd_limit(max(65536, 2 * opts.streams + 4096))
     raise_somaxconn()
@@ -145,7 +147,7 @@ def main(argv=None):
 
         standin = StandinServer(fast=True, events=events, gap_ms=opts.interval_ms,
                                 log_level="warning").start()
-        env["FLOOR_UPSTREAM"] = standin.url
+        env["FLOOR_UPSTREAM"], env["FLOOR_HTTP"] = standin.url, opts.relay_http
     workdir = f"/tmp/soak-floor-{os.getpid()}"
     os.makedirs(workdir, exist_ok=True)
     log = open(os.path.join(workdir, "server.log"), "wb")
@@ -206,7 +208,8 @@ def main(argv=None):
 
     print(json.dumps({
         "streams": opts.streams, "seconds": opts.seconds, "interval_ms": opts.interval_ms,
-        "ramp": opts.ramp, "shares": opts.shares, "relay": opts.relay, "loop": loop_name,
+        "ramp": opts.ramp, "shares": opts.shares, "relay": opts.relay and opts.relay_http,
+        "loop": loop_name,
         "http": http,
         "ok": sum(s["ok"] for s in summaries), "errors": sum(s["errors"] for s in summaries),
         "error_kinds": {k: n for s in summaries for k, n in s["error_kinds"].items()},
