@@ -150,5 +150,21 @@ def shutdown():
     global _executor
     with _lock:
         pool, _executor = _executor, None
-    if pool is not None:
-        pool.shutdown(wait=True)
+    if pool is None:
+        return
+    # Each thread closes its own connections (Django's are per thread, and a thread's end
+    # does not close them): one job a thread, held at a barrier until every thread has one.
+    started = len(pool._threads)
+    if started:
+        barrier = threading.Barrier(started)
+
+        def close_mine():
+            connections.close_all()
+            try:
+                barrier.wait(timeout=10)
+            except threading.BrokenBarrierError:
+                pass
+
+        for _ in range(started):
+            pool.submit(close_mine)
+    pool.shutdown(wait=True)
