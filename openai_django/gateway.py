@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import orjson
 from django.db import IntegrityError, connections
 
-from openai_django import controls, fairness, policy, recorder, upstreams
+from openai_django import controls, fairness, policy, recorder, threads, upstreams
 from openai_django.conf import app_settings
 from openai_django.errors import (
     Conflict,
@@ -293,12 +293,16 @@ class Checkpointer:
             # each is saved less often (the process's checkpoint writes per second bounded).
             budget = app_settings.STREAM_CHECKPOINT_BUDGET
             stretched = len(relays) / budget if budget else 0
+            saved = False
             for relay, every in relays:
                 every = max(every, stretched)
                 when = due.setdefault(relay, now + every)
                 if now >= when:
                     due[relay] = now + every
                     relay.checkpoint()
+                    saved = True
+            if saved:  # a pooled connection (OPTIONS["pool"]) is not held between ticks
+                threads.release_pooled()
             open_now = {relay for relay, _ in relays}  # once, not once per relay (10k: 10^8)
             for relay in [r for r in due if r not in open_now]:
                 del due[relay]

@@ -4,11 +4,13 @@ Under ASGI the gateway's views are coroutines, and the record must never block t
 every database step (auth, the record's start, checkpoint and finish) runs in this pool, whose
 size (``DB_THREADS``) bounds the connections a process opens, however many streams it holds.
 Each thread keeps its own connection (the pool is the bound, whatever ``CONN_MAX_AGE`` says
-for request threads), and a thread's hop looks after it as Django's request boundaries look
-after a request thread's: a connection that had an error is checked and replaced if unusable,
-one older than a positive ``CONN_MAX_AGE`` is closed (the next query opens a new one), and
-with ``CONN_HEALTH_CHECKS`` one left idle for ``IDLE_RECHECK`` seconds is checked before its
-next query (a database restarted meanwhile costs no call).
+for request threads), except one from Django's connection pool (``OPTIONS["pool"]``), which is
+given back to it at the end of every hop (:func:`release_pooled`). A thread's hop looks after
+its connection as Django's request boundaries look after a request thread's: a connection that
+had an error is checked and replaced if unusable, one older than a positive ``CONN_MAX_AGE`` is
+closed (the next query opens a new one), and with ``CONN_HEALTH_CHECKS`` one left idle for
+``IDLE_RECHECK`` seconds is checked before its next query (a database restarted meanwhile costs
+no call).
 """
 
 import asyncio
@@ -59,7 +61,21 @@ def _fresh(func):
             return func(*args, **kwargs)
         finally:
             _local.used = time.monotonic()
+            release_pooled()
     return run
+
+
+def release_pooled():
+    """Give the calling thread's connections that came from Django's connection pool
+    (``OPTIONS["pool"]``, psycopg 3) back to it, as the end of a request does for a request
+    thread (``CONN_MAX_AGE`` is 0 with a pool): a pool thread, or the stream checkpointer,
+    holds a pooled connection only for its hop, never between hops, so ``max_size`` bounds
+    what a process holds at once, not ``DB_THREADS`` + 1. A connection inside ``atomic`` is
+    left alone; one of a plain (unpooled) alias is kept, as the module's docstring says."""
+    for conn in connections.all(initialized_only=True):
+        if (conn.connection is not None and not conn.in_atomic_block
+                and conn.settings_dict.get("OPTIONS", {}).get("pool")):
+            conn.close()
 
 
 def on_event_loop():

@@ -166,3 +166,92 @@ def test_a_pool_connection_left_idle_is_health_checked_before_its_next_query(one
 
     monkeypatch.setattr(threads, "IDLE_RECHECK", 0.2)
     assert _run(main()) == (False, True)
+
+
+def _backend_pid():
+    """In a pool thread: the PostgreSQL backend's pid that served a query of this hop."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        return cursor.fetchone()[0]
+
+
+def _held():
+    """In a pool thread, at the start of a hop: the connection the thread still holds."""
+    from django.db import connection
+
+    return connection.connection
+
+
+@pytest.fixture
+def django_pool(one_thread):
+    """README's deployment option B on the test database: ``OPTIONS["pool"]`` with one
+    connection at most, ``CONN_MAX_AGE = 0``; yields the alias's psycopg pool."""
+    from django.db import connection, connections
+
+    if connection.vendor != "postgresql":
+        pytest.skip("Django's connection pool is PostgreSQL's (psycopg 3)")
+    pytest.importorskip("psycopg_pool")
+    settings_dict = connections.settings["default"]
+    saved_options, saved_age = settings_dict.get("OPTIONS", {}), settings_dict["CONN_MAX_AGE"]
+    settings_dict["OPTIONS"] = {**saved_options,
+                                "pool": {"min_size": 1, "max_size": 1, "timeout": 5}}
+    settings_dict["CONN_MAX_AGE"] = 0
+    pool = connection.pool  # the alias's one pool (Django keeps it per alias, not per thread)
+    pool.open()
+    try:
+        yield pool
+    finally:
+        threads.shutdown()
+        connection.close_pool()
+        settings_dict["OPTIONS"], settings_dict["CONN_MAX_AGE"] = saved_options, saved_age
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_connection_of_djangos_pool_goes_back_to_it_after_each_hop(django_pool):
+    """Under ASGI a pool thread holds a pooled connection for its hop only, and the next hop
+    gets one from Django's pool again (the same server backend: nothing reconnects)."""
+
+    async def main():
+        first = await threads.db(_backend_pid)()
+        held = await threads.db(_held)()
+        second = await threads.db(_backend_pid)()
+        return first, held, second
+
+    first, held, second = _run(main())
+    stats = django_pool.get_stats()
+    assert held is None  # given back at the end of the hop, not kept by the thread
+    assert first == second  # the next hop got the pool's connection again
+    assert stats["pool_size"] == 1 and stats["pool_available"] == 1  # idle, in the pool
+
+
+class _SavingRelay:
+    """What the stream checkpointer saves: a query in its thread, like a checkpoint's UPDATE."""
+
+    def __init__(self):
+        self.saved = threading.Event()
+
+    def checkpoint(self):
+        from django.db import connection
+
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+        self.saved.set()
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_the_stream_checkpointer_does_not_hold_a_pooled_connection_between_ticks(django_pool):
+    from openai_django.gateway import Checkpointer
+
+    checkpointer, relay = Checkpointer(), _SavingRelay()
+    checkpointer.watch(relay, 0.05)
+    try:
+        assert relay.saved.wait(5)
+        # The pool's only connection: had the checkpointer kept it, this would time out.
+        conn = django_pool.getconn(timeout=3)
+        django_pool.putconn(conn)
+    finally:
+        checkpointer.forget(relay)
