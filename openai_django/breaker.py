@@ -266,6 +266,8 @@ class Breaker:
     def _drain(self):
         from django.db import connections
 
+        from openai_django.threads import release_pooled
+
         while True:
             try:
                 function, args = self._writes.get(timeout=5.0)
@@ -280,6 +282,7 @@ class Breaker:
             except Exception:
                 logger.exception("Could not record the health of upstream %s", args[0])
             finally:
+                release_pooled()  # a connection of Django's pool is not held while idle
                 self._writes.task_done()
         connections.close_all()  # the thread's own connection, not the callers'
 

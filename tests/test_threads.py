@@ -255,3 +255,23 @@ def test_the_stream_checkpointer_does_not_hold_a_pooled_connection_between_ticks
         django_pool.putconn(conn)
     finally:
         checkpointer.forget(relay)
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_the_breakers_writer_does_not_hold_a_pooled_connection_while_idle(django_pool,
+                                                                          settings):
+    import uuid
+
+    from openai_django.breaker import Breaker
+    from openai_django.models import UpstreamHealth
+
+    settings.OPENAI_DJANGO = {**settings.OPENAI_DJANGO, "CIRCUIT_BREAKER": {
+        "threshold": 3, "cooldown": 0.5, "backend": "db", "refresh": 0}}
+    name = f"u-{uuid.uuid4().hex[:8]}"
+    breaker = Breaker()
+    breaker.failure(name, {"status": 500})
+    breaker.flush()  # written by the breaker's thread, which stays up for 5 s of idleness
+    conn = django_pool.getconn(timeout=3)  # the pool's only connection: free again
+    django_pool.putconn(conn)
+    assert UpstreamHealth.objects.get(name=name).failures == 1
