@@ -34,7 +34,8 @@ log = logging.getLogger("bench")
 
 ALL = ["latency", "sdk_latency", "responses", "speech", "throughput", "streaming",
        "responses_stream", "slow_streams", "large_bodies", "asgi_latency", "asgi_throughput",
-       "asgi_streaming", "databases", "celery", "admin", "serving", "soak", "upstreams",
+       "asgi_streaming", "databases", "celery", "admin", "serving", "soak", "soak_floor",
+       "upstreams",
        "limits", "sizes", "tail"]
 QUICK = ["latency", "sdk_latency", "responses", "speech", "throughput", "streaming",
          "responses_stream", "slow_streams", "large_bodies", "asgi_latency", "asgi_throughput",
@@ -251,6 +252,17 @@ def table(results):
             x["gap_dev_p50_ms"], x["gap_dev_p99_ms"], x["gap_dev_max_ms"])
         row(title, "records succeeded", x["records_succeeded"], None,
             str(x["records"])[:120])
+    for label, x in (s.get("soak_floor") or {}).items():
+        if not isinstance(x, dict):  # the scenario's seconds, or its error
+            continue
+        title = (f"10b soak floor, {label}: {x['streams']:,} x {fmt(x['seconds'])} s, "
+                 "1 uvicorn worker")
+        row(title, "errors; open at once (fds peak - idle)", x["errors"],
+            x["fds_peak"] - x["fds_idle"], None)
+        row(title, "server CPU at plateau (cores); stand-in (cores)", x["cpu_cores_plateau"],
+            x["upstream_cpu_cores_plateau"], None)
+        row(title, f"gap deviation p50 / p99 (ms), events {fmt(x['interval_ms'])} ms apart",
+            x["gap_dev_p50_ms"], x["gap_dev_p99_ms"], None)
     if "upstreams" in s and "single_p50_ms" in s["upstreams"]:
         x = s["upstreams"]
         title = "11 upstreams, Python API c=1"
@@ -645,6 +657,21 @@ def main(argv=None):
                 harness.stop_gateway(one)
 
         run("soak", soak)
+
+        def soak_floor():
+            # 10b. The soak's floor on this machine, with the soak's parameters: a bare ASGI
+            # app sending timer events, and a bare relay from the stand-in (bench/soak_floor).
+            from bench import soak_floor as floors
+
+            common = dict(streams=args.soak_streams, seconds=args.soak_seconds,
+                          interval_ms=args.soak_interval_ms,
+                          ramp=args.soak_ramp if args.soak_ramp is not None else min(
+                              20.0, args.soak_seconds / 3), shares=args.soak_generators)
+            return {"timer events": floors.floor(**common),
+                    "bare relay": floors.floor(**common, relay=True,
+                                               relay_http=args.soak_http)}
+
+        run("soak_floor", soak_floor)
         # 13. Cost as work grows: body sizes and table sizes (bench/sizes_bench.py).
         run("sizes", lambda: sizes_bench.sizes(
             ctx, quick=args.quick, server=args.server, workers=args.workers, threads=threads,

@@ -23,9 +23,11 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from array import array
@@ -107,7 +109,32 @@ _BODY = json.dumps({"model": "gpt-4o-mini", "stream": True,
                     "messages": [{"role": "user", "content": "Say hello"}]})
 
 
+def floor(*, streams=10_000, seconds=60.0, interval_ms=500.0, ramp=45.0, shares=2,
+          relay=False, relay_http="2"):
+    """One floor run (the command's options as keywords): its figures as a dict."""
+    return _floor(argparse.Namespace(streams=streams, seconds=seconds,
+                                     interval_ms=interval_ms, ramp=ramp, shares=shares,
+                                     relay=relay, relay_http=relay_http))
+
+
 def main(argv=None):
+    print(json.dumps(_floor(_parse(argv))))
+
+
+def _parse(argv):
+    parser = argparse.ArgumentParser(prog="python -m bench.soak_floor", description=__doc__)
+    parser.add_argument("--streams", type=int, default=10_000)
+    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--interval-ms", type=float, default=500.0)
+    parser.add_argument("--ramp", type=float, default=45.0)
+    parser.add_argument("--shares", type=int, default=2)
+    parser.add_argument("--relay", action="store_true",
+                        help="relay each stream from the stand-in (its own process, HTTP/2)")
+    parser.add_argument("--relay-http", choices=("2", "1.1"), default="2")
+    return parser.parse_args(argv)
+
+
+def _floor(opts):
     from bench.harness import (
         VENV_BIN,
         raise_fd_limit,
@@ -120,16 +147,6 @@ def main(argv=None):
         wait_http,
     )
 
-    parser = argparse.ArgumentParser(prog="python -m bench.soak_floor", description=__doc__)
-    parser.add_argument("--streams", type=int, default=10_000)
-    parser.add_argument("--seconds", type=float, default=60.0)
-    parser.add_argument("--interval-ms", type=float, default=500.0)
-    parser.add_argument("--ramp", type=float, default=45.0)
-    parser.add_argument("--shares", type=int, default=2)
-    parser.add_argument("--relay", action="store_true",
-                        help="relay each stream from the stand-in (its own process, HTTP/2)")
-    parser.add_argument("--relay-http", choices=("2", "1.1"), default="2")
-    opts = parser.parse_args(argv)
     raise_fd_limit(max(65536, 2 * opts.streams + 4096))
     raise_somaxconn()
     events = max(2, round(opts.seconds * 1000 / opts.interval_ms))
@@ -148,8 +165,7 @@ def main(argv=None):
         standin = StandinServer(fast=True, events=events, gap_ms=opts.interval_ms,
                                 log_level="warning").start()
         env["FLOOR_UPSTREAM"], env["FLOOR_HTTP"] = standin.url, opts.relay_http
-    workdir = f"/tmp/soak-floor-{os.getpid()}"
-    os.makedirs(workdir, exist_ok=True)
+    workdir = tempfile.mkdtemp(prefix="soak-floor-")
     log = open(os.path.join(workdir, "server.log"), "wb")
     server = subprocess.Popen(cmd, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log,
                               stderr=subprocess.STDOUT, start_new_session=True,
@@ -198,6 +214,8 @@ def main(argv=None):
             summaries.append(json.load(fh))
         with open(f"{prefix}-{share}.gaps", "rb") as fh:
             deviations.frombytes(fh.read())
+    log.close()
+    shutil.rmtree(workdir, ignore_errors=True)
     received = sum(s["events"] for s in summaries)
     in_plateau = [x for x in samples if plateau[0] <= x[0] <= plateau[1]]
     span = in_plateau[-1][0] - in_plateau[0][0] if len(in_plateau) > 1 else 0
@@ -206,7 +224,7 @@ def main(argv=None):
     def pct(q):
         return round(dev[min(len(dev) - 1, int(q / 100 * len(dev)))], 2) if dev else None
 
-    print(json.dumps({
+    return {
         "streams": opts.streams, "seconds": opts.seconds, "interval_ms": opts.interval_ms,
         "ramp": opts.ramp, "shares": opts.shares, "relay": opts.relay and opts.relay_http,
         "loop": loop_name,
@@ -227,7 +245,7 @@ def main(argv=None):
         "client_cpu_seconds": round(sum(s["cpu_seconds"] for s in summaries), 1),
         "events_received": received,
         "gap_dev_p50_ms": pct(50), "gap_dev_p99_ms": pct(99),
-    }))
+    }
 
 
 if __name__ == "__main__":

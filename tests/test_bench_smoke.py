@@ -51,13 +51,14 @@ def test_quick_bench_runs_and_writes_its_table(tmp_path):
 @pytest.mark.skipif(not os.path.exists("/usr/bin/wrk"), reason="wrk is not installed")
 @pytest.mark.once
 def test_asgi_beside_wsgi_and_a_short_soak(tmp_path):
-    """Scenarios 9 (ASGI beside WSGI, one run) and a short soak of one ASGI worker: every
-    stream answered, every call recorded succeeded, the gateway's memory and fds sampled."""
+    """Scenarios 9 (ASGI beside WSGI, one run), a short soak of one ASGI worker (every
+    stream answered, every call recorded succeeded, the gateway's memory and fds sampled) and
+    its floors (a bare app and a bare relay under the same load)."""
     out = tmp_path / "latest.json"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "DATABASE_"))}
     result = subprocess.run(
         [sys.executable, "-m", "bench", "--quick", "--only",
-         "asgi_latency,asgi_throughput,asgi_streaming,soak", "--soak-streams", "300",
+         "asgi_latency,asgi_throughput,asgi_streaming,soak,soak_floor", "--soak-streams", "300",
          "--soak-seconds", "5", "--json", str(out)],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
     )
@@ -82,6 +83,16 @@ def test_asgi_beside_wsgi_and_a_short_soak(tmp_path):
     assert soak["fds_peak"] >= 300 and soak["rss_per_stream_kb"] is not None
     assert soak["gaps_measured"] > 0 and soak["gap_dev_p99_ms"] is not None
     assert "| soak: stream errors, one ASGI worker | <= 0 | 0 | met |" in result.stdout
+    floors = s["soak_floor"]
+    assert set(floors) == {"timer events", "bare relay", "scenario_seconds"}, floors
+    for label in ("timer events", "bare relay"):
+        x = floors[label]
+        assert x["errors"] == 0 and x["ok"] == 300, x
+        assert x["events_received"] == 300 * soak["events_per_stream"], x
+        assert x["fds_peak"] >= 300 and x["cpu_us_per_event_all_in"] > 0, x
+    assert floors["timer events"]["upstream_cpu_cores_plateau"] is None
+    assert floors["bare relay"]["relay"] == "2"  # over HTTP/2, as the soak's gateway
+    assert "| 10b soak floor, bare relay: 300 x" in result.stdout
 
 
 @pytest.mark.django_db(transaction=True)
