@@ -172,6 +172,7 @@ def _floor(opts):
                               pass_fds=(listener.fileno(),))
     listener.close()
     url = f"http://127.0.0.1:{port}"
+    procs = []
     try:
         wait_http(url + "/v1/openapi.yaml", timeout=30, proc=server)
         idle_rss, idle_fds = tree_rss_kb(server.pid), tree_fds(server.pid)
@@ -189,7 +190,7 @@ def _floor(opts):
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
         prefix = os.path.join(workdir, "floor")
-        procs = [subprocess.Popen(
+        procs += [subprocess.Popen(
             [sys.executable, "-m", "bench.soakgen", "--url", url + "/v1/chat/completions",
              "--streams", str(opts.streams), "--share", str(share), "--shares",
              str(opts.shares), "--t0", repr(t0), "--ramp", str(opts.ramp), "--interval-ms",
@@ -202,10 +203,16 @@ def _floor(opts):
         stop.set()
         sampler.join()
     finally:
-        # Exactly the process group this script started.
+        # Exactly the processes this script started: the generators (if cut short), the
+        # server's process group, the stand-in.
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
         with contextlib.suppress(ProcessLookupError):
             os.killpg(server.pid, 15)
         server.wait(10)
+        log.close()
         if standin is not None:
             standin.stop()
     summaries, deviations = [], array("f")
@@ -214,7 +221,6 @@ def _floor(opts):
             summaries.append(json.load(fh))
         with open(f"{prefix}-{share}.gaps", "rb") as fh:
             deviations.frombytes(fh.read())
-    log.close()
     shutil.rmtree(workdir, ignore_errors=True)
     received = sum(s["events"] for s in summaries)
     in_plateau = [x for x in samples if plateau[0] <= x[0] <= plateau[1]]
