@@ -692,9 +692,8 @@ def soak(ctx, gateway, db, sp):
     ``sp.interval_ms``) through one gateway process, opened over a ramp by ``sp.shares``
     load generator processes; the gateway's RSS, fds and CPU sampled every 0.5 s; the event
     gap deviation at the client while all streams were open; the records counted at the end."""
-    from array import array
-
     from bench.harness import fd_limits, tree_cpu_seconds
+    from bench.soakgen import read_shares
 
     events = max(2, round(sp.seconds * 1000 / sp.interval_ms))
     ramp = sp.ramp_seconds()
@@ -764,12 +763,7 @@ def soak(ctx, gateway, db, sp):
         ctx.harness.configure_upstream(events=8, gap_ms=0, ttft_ms=0)
     if gen_errors:
         raise RuntimeError("load generator failed: " + " | ".join(gen_errors))
-    summaries, deviations = [], array("f")
-    for share in range(sp.shares):
-        with open(f"{prefix}-{share}.json") as fh:
-            summaries.append(json.load(fh))
-        with open(f"{prefix}-{share}.gaps", "rb") as fh:
-            deviations.frombytes(fh.read())
+    summaries, deviations = read_shares(prefix, sp.shares)
     kinds = {}
     for s in summaries:
         for k, n in s["error_kinds"].items():

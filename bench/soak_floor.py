@@ -30,7 +30,6 @@ import sys
 import tempfile
 import threading
 import time
-from array import array
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -146,6 +145,7 @@ def _floor(opts):
         uvicorn_stack,
         wait_http,
     )
+    from bench.soakgen import read_shares
 
     raise_fd_limit(max(65536, 2 * opts.streams + 4096))
     raise_somaxconn()
@@ -215,12 +215,7 @@ def _floor(opts):
         log.close()
         if standin is not None:
             standin.stop()
-    summaries, deviations = [], array("f")
-    for share in range(opts.shares):
-        with open(f"{prefix}-{share}.json") as fh:
-            summaries.append(json.load(fh))
-        with open(f"{prefix}-{share}.gaps", "rb") as fh:
-            deviations.frombytes(fh.read())
+    summaries, deviations = read_shares(prefix, opts.shares)
     shutil.rmtree(workdir, ignore_errors=True)
     received = sum(s["events"] for s in summaries)
     in_plateau = [x for x in samples if plateau[0] <= x[0] <= plateau[1]]

@@ -188,6 +188,18 @@ async def _share(opts):
         json.dump(summary, fh)
 
 
+def read_shares(prefix, shares):
+    """What ``shares`` generators wrote with ``--out PREFIX-I``: their summaries (dicts) and
+    all their gap deviations (an ``array('f')`` of ms)."""
+    summaries, deviations = [], array.array("f")
+    for share in range(shares):
+        with open(f"{prefix}-{share}.json") as fh:
+            summaries.append(json.load(fh))
+        with open(f"{prefix}-{share}.gaps", "rb") as fh:
+            deviations.frombytes(fh.read())
+    return summaries, deviations
+
+
 def count_calls():
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
     import django
