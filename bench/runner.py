@@ -35,8 +35,7 @@ log = logging.getLogger("bench")
 ALL = ["latency", "sdk_latency", "responses", "speech", "throughput", "streaming",
        "responses_stream", "slow_streams", "large_bodies", "asgi_latency", "asgi_throughput",
        "asgi_streaming", "databases", "celery", "admin", "serving", "soak", "soak_floor",
-       "upstreams",
-       "limits", "sizes", "tail"]
+       "upstreams", "limits", "sizes", "tail"]
 QUICK = ["latency", "sdk_latency", "responses", "speech", "throughput", "streaming",
          "responses_stream", "slow_streams", "large_bodies", "asgi_latency", "asgi_throughput",
          "asgi_streaming"]
@@ -663,10 +662,11 @@ def main(argv=None):
             # app sending timer events, and a bare relay from the stand-in (bench/soak_floor).
             from bench import soak_floor as floors
 
+            ramp = scenarios.SoakParams(seconds=args.soak_seconds,
+                                        ramp=args.soak_ramp).ramp_seconds()
             common = dict(streams=args.soak_streams, seconds=args.soak_seconds,
-                          interval_ms=args.soak_interval_ms,
-                          ramp=args.soak_ramp if args.soak_ramp is not None else min(
-                              20.0, args.soak_seconds / 3), shares=args.soak_generators)
+                          interval_ms=args.soak_interval_ms, ramp=ramp,
+                          shares=args.soak_generators)
             return {"timer events": floors.floor(**common),
                     "bare relay": floors.floor(**common, relay=True,
                                                relay_http=args.soak_http)}
