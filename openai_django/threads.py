@@ -68,10 +68,11 @@ def _fresh(func):
 def release_pooled():
     """Give the calling thread's connections that came from Django's connection pool
     (``OPTIONS["pool"]``, psycopg 3) back to it, as the end of a request does for a request
-    thread (``CONN_MAX_AGE`` is 0 with a pool): a pool thread, or the stream checkpointer,
-    holds a pooled connection only for its hop, never between hops, so ``max_size`` bounds
-    what a process holds at once, not ``DB_THREADS`` + 1. A connection inside ``atomic`` is
-    left alone; one of a plain (unpooled) alias is kept, as the module's docstring says."""
+    thread (``CONN_MAX_AGE`` is 0 with a pool): a pool thread, the stream checkpointer or the
+    circuit breaker's writer holds a pooled connection only for its step, never between
+    steps, so ``max_size`` bounds what a process holds at once, not one a thread. A
+    connection inside ``atomic`` is left alone; one of a plain (unpooled) alias is kept, as
+    the module's docstring says."""
     for conn in connections.all(initialized_only=True):
         if (conn.connection is not None and not conn.in_atomic_block
                 and conn.settings_dict.get("OPTIONS", {}).get("pool")):
