@@ -41,11 +41,105 @@ def app(environ, start_response):
                                       pool_size=512))
     length = int(environ.get("CONTENT_LENGTH") or 0)
     body = environ["wsgi.input"].read(length)
+    record = _recording()
+    if record is not None:
+        pk = record.begin()
     response = _client[0].send("POST", "/chat/completions", body=body,
                                content_type="application/json")
+    if record is not None:
+        record.end(pk)
     start_response(f"{response.status} OK", [("Content-Type", "application/json"),
                                              ("Content-Length", str(len(response.body)))])
     return [response.body]
+
+
+_record = []
+
+
+def _recording():
+    """``FLOOR_RECORD``: the write-ahead record the proxy keeps, through the gateway's own group
+    commit (:mod:`openai_django.writer`: the same batches, the same cross-process lock, the same
+    per-thread Django connections), with values built once, so that only the database's and the
+    writer's work is left of a recorded call:
+
+    - ``row``: the gateway's own INSERT of a call row (every column, the 13 indexes) before the
+      upstream is asked and its finish UPDATE (``FINISH_FIELDS``) after, with the values of a
+      real recorded call copied (a new primary key each time);
+    - ``narrow``: the least a write-ahead record can be: a row of four columns in a table with
+      no index but its primary key, inserted before and updated after.
+    """
+    mode = os.environ.get("FLOOR_RECORD")
+    if not mode:
+        return None
+    if not _record:
+        _record.append(_Record(mode))
+    return _record[0]
+
+
+class _Record:
+    def __init__(self, mode):
+        import django
+
+        django.setup()
+        from django.db import connection
+
+        from openai_django.models import Call
+        from openai_django.recorder import FINISH_FIELDS
+
+        self.mode = mode
+        self.direct = mode.endswith("-direct")  # each thread commits its own, no group commit
+        mode = self.mode = mode.removesuffix("-direct")
+        if mode == "narrow":
+            with connection.cursor() as cursor:
+                cursor.execute("CREATE TABLE IF NOT EXISTS floor_narrow (id char(32) PRIMARY KEY,"
+                               " created varchar(32), status varchar(16), response text)")
+            self.insert = ("INSERT INTO floor_narrow (id, created, status, response) "
+                           "VALUES (%s, %s, %s, %s)")
+            self.update = "UPDATE floor_narrow SET status = %s, response = %s WHERE id = %s"
+            return
+        call = Call.objects.filter(status=Call.Status.SUCCEEDED).order_by("-created").first()
+        if call is None:
+            raise RuntimeError("FLOOR_RECORD=row copies a recorded call: make one first")
+        manager = Call.objects
+        self.insert, plan = manager._plan(connection, "insert", None)
+        self.insert_params = [convert(get(call)) for get, convert in plan]
+        self.pk_index = [f.attname for f in Call._meta.local_concrete_fields].index("id")
+        self.update, plan = manager._plan(connection, "update", FINISH_FIELDS)
+        self.update_params = [convert(get(call)) for get, convert in plan]
+        self.pk = Call._meta.pk
+
+    def begin(self):
+        import uuid
+
+        from django.db import connection
+
+        pk = uuid.uuid4()
+        if self.mode == "narrow":
+            params = [pk.hex, "2026-12-02 00:00:00", "running", ""]
+        else:
+            params = list(self.insert_params)
+            params[self.pk_index] = self.pk.get_db_prep_value(pk, connection)
+        self._write(self.insert, params, "insert")
+        return pk
+
+    def end(self, pk):
+        from django.db import connection
+
+        if self.mode == "narrow":
+            params = ["succeeded", '{"id": "chatcmpl-floor"}', pk.hex]
+        else:
+            params = [*self.update_params, self.pk.get_db_prep_value(pk, connection)]
+        self._write(self.update, params, "update")
+
+    def _write(self, sql, params, kind):
+        from django.db import connection
+
+        from openai_django import writer
+
+        if self.direct:
+            writer.execute(connection, sql, params)
+        else:
+            writer.get_writer("default").submit(sql, params, kind=kind)
 
 
 def main(argv=None):
@@ -59,6 +153,8 @@ def main(argv=None):
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--no-gateway", action="store_true", help="the proxy and direct only")
+    parser.add_argument("--records", default="narrow,row",
+                        help="the recording proxies beside the bare one (FLOOR_RECORD modes)")
     opts = parser.parse_args(argv)
     body = json.dumps(scenarios.CHAT).encode()
     loadavg = os.getloadavg()
@@ -66,31 +162,38 @@ def main(argv=None):
         upstream = harness.start_upstream()
         db = harness.sqlite("floor")
         harness.prepare(db)
-        port = free_port()
-        # The client reads the gateway's settings (its proxy from the environment).
-        proxy = Server(name="floor-proxy", port=port, env={
-            **harness.django_env(db), "FLOOR_UPSTREAM": upstream.url,
-            "FLOOR_KEY": scenarios.UPSTREAM_KEY}, cmd=[
-            str(VENV_BIN / "granian"), "--interface", "wsgi", "--host", "127.0.0.1", "--port",
-            str(port), "--workers", "2", "--blocking-threads", "512", "--backpressure", "512",
-            "--backlog", "4096", "--no-ws", "--log-level", "warning",
-            "bench.throughput_floor:app"])
-        proxy.start(harness.workdir)
-        harness.servers.append(proxy)
         gw_headers = {"Authorization": f"Bearer {harness.client_key}",
                       "Content-Type": "application/json"}
-        targets = [("proxy", proxy.url + "/v1/chat/completions",
-                    WrkScript(harness.workdir, "floor-proxy", body=body, headers=gw_headers),
-                    proxy)]
+        gateways = []
         if not opts.no_gateway:
-            gw_headers["Authorization"] = f"Bearer {harness.client_key}"
             script = WrkScript(harness.workdir, "floor-gw", body=body, headers=gw_headers)
             for label, record in (("unrecorded", False), ("recorded", True)):
                 gateway = harness.start_gateway(db, server="granian-wsgi", workers=2,
                                                 threads=512, record=record,
                                                 name=f"floor-{label}")
-                targets.append((label, gateway.url + "/v1/chat/completions", script,
-                                gateway))
+                gateways.append((label, gateway.url + "/v1/chat/completions", script,
+                                 gateway))
+            # A recorded call for the ``row`` proxy to copy.
+            scenarios.check_contract(scenarios.Context(harness, gateway, scenarios.Params()))
+        targets = []
+        records = [""] + ([m for m in opts.records.split(",") if m] if gateways else [])
+        for mode in records:
+            label = f"proxy+{mode}" if mode else "proxy"
+            port = free_port()
+            # The client reads the gateway's settings (its proxy from the environment).
+            proxy = Server(name=f"floor-{label}", port=port, env={
+                **harness.django_env(db), "FLOOR_UPSTREAM": upstream.url,
+                "FLOOR_KEY": scenarios.UPSTREAM_KEY, "FLOOR_RECORD": mode}, cmd=[
+                str(VENV_BIN / "granian"), "--interface", "wsgi", "--host", "127.0.0.1",
+                "--port", str(port), "--workers", "2", "--blocking-threads", "512",
+                "--backpressure", "512", "--backlog", "4096", "--no-ws", "--log-level",
+                "warning", "bench.throughput_floor:app"])
+            proxy.start(harness.workdir)
+            harness.servers.append(proxy)
+            targets.append((label, proxy.url + "/v1/chat/completions",
+                            WrkScript(harness.workdir, f"floor-{label}", body=body,
+                                      headers=gw_headers), proxy))
+        targets += gateways
         targets.append(("direct", upstream.url + "/chat/completions",
                         WrkScript(harness.workdir, "floor-direct", body=body,
                                   headers={"Authorization": f"Bearer {scenarios.UPSTREAM_KEY}",
