@@ -9,6 +9,8 @@ the same server (granian WSGI, 2 workers x 512 threads):
 - ``proxy``: :func:`app`, the least a gateway can do for the call: read the body, send it to
   the stand-in with the gateway's own keep-alive client (:class:`UpstreamClient`) and return
   its answer; no Django, no key, no validation, no record;
+- ``proxy+narrow`` and ``proxy+row`` (``--records``): the proxy with a write-ahead record through
+  the gateway's own writer (:func:`_recording`), what recording costs any gateway here;
 - ``gateway (unrecorded)`` and ``gateway (recorded)``: the gateway itself, recording off and on;
 - ``direct``: the stand-in alone.
 
