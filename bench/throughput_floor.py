@@ -26,6 +26,7 @@ import json
 import os
 import statistics
 import sys
+import threading
 
 _client = []
 
@@ -56,6 +57,7 @@ def app(environ, start_response):
 
 
 _record = []
+_record_lock = threading.Lock()
 
 
 def _recording():
@@ -74,7 +76,9 @@ def _recording():
     if not mode:
         return None
     if not _record:
-        _record.append(_Record(mode))
+        with _record_lock:  # 512 threads may take their first call at once
+            if not _record:
+                _record.append(_Record(mode))
     return _record[0]
 
 
@@ -88,7 +92,6 @@ class _Record:
         from openai_django.models import Call
         from openai_django.recorder import FINISH_FIELDS
 
-        self.mode = mode
         self.direct = mode.endswith("-direct")  # each thread commits its own, no group commit
         mode = self.mode = mode.removesuffix("-direct")
         if mode == "narrow":
