@@ -120,3 +120,36 @@ def test_record_off_writes_no_call_but_still_answers_with_a_call_id(gateway, api
                         headers={"Authorization": f"Bearer {api_key}"}, timeout=30)
     assert bad.status_code == 400 and bad.headers["X-Call-Id"]
     assert Call.objects.count() == before
+
+
+@pytest.mark.once  # the bench makes a database of its own
+def test_writer_batch_bench_shows_a_batch_writing_fewer_pages_a_call(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "DATABASE_"))}
+    result = subprocess.run([sys.executable, "-m", "bench.writer_batch_bench", "1,5", "5"],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    frames = {}
+    for line in result.stdout.splitlines():
+        if "WAL frames" in line:
+            size = int(line.split()[0])
+            way = line.split(",")[1].split(":")[0].strip()
+            frames[size, way] = float(line.rsplit("(", 1)[1].split()[0])
+    assert set(frames) == {(n, w) for n in (1, 5)
+                           for w in ("one batch", "each statement committed")}, result.stdout
+    # Five calls' pages shared in one commit: fewer a call than each statement's own commit,
+    # and fewer than a call written alone.
+    assert frames[5, "one batch"] < frames[5, "each statement committed"]
+    assert frames[5, "one batch"] < frames[1, "one batch"]
+
+
+@pytest.mark.once  # the bench makes a database and a stand-in of its own
+def test_instructions_cpu_mode_serves_recorded_calls(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "DATABASE_"))}
+    result = subprocess.run([sys.executable, "-m", "bench.instructions", "--cpu", "--calls",
+                             "20"], cwd=ROOT, env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    line = result.stdout.strip().splitlines()[-1]
+    assert "recording on" in line and "20 calls" in line, line
+    user, system = int(line.split()[0]), int(line.split()[4])
+    assert user > 0 and system >= 0
