@@ -150,7 +150,8 @@ DEFAULTS = {
     # SQLite's 1000-page mark (openai_django/sqlite_wal.py): PASSIVE once "PAGES" frames wait
     # to be copied, FULL (the write lock for at most "FULL_WAIT" seconds) once the WAL holds
     # "FULL_PAGES" frames, looked at every "INTERVAL" seconds; each connection's own
-    # auto-checkpoint kept as a safety net at "FALLBACK_PAGES" (default 4 x FULL_PAGES).
+    # auto-checkpoint kept as a safety net at "FALLBACK_PAGES" (default 4 x FULL_PAGES); the WAL
+    # file cut back to "KEEP_BYTES" (default FULL_PAGES frames) when the log starts over.
     # None: SQLite's own auto-checkpoint, in the committing request.
     "SQLITE_CHECKPOINT": {"PAGES": 4000, "FULL_PAGES": 16000, "INTERVAL": 0.1,
                           "FULL_WAIT": 0.02},

@@ -358,3 +358,31 @@ def test_reading_the_wal_index_keeps_the_connections_locks(tmp_path):
     assert dms() == "held"
     conn.execute("INSERT INTO t VALUES (2)")
     conn.close()
+
+
+def test_a_wal_that_ran_long_is_cut_back_when_the_log_starts_over(small_checkpoints, user):
+    """A reader's snapshot holds the log (no checkpoint can finish, so it cannot start over)
+    while writes go on: the file grows past KEEP_BYTES. Once the reader is gone and the
+    thread has copied the log, the next commit starts it over and cuts the file back."""
+    path = small_checkpoints
+    keep = sqlite_wal.options()["KEEP_BYTES"]
+    assert keep == SMALL["FULL_PAGES"] * (4096 + 24) + 32
+    assert connection.connection.execute("PRAGMA journal_size_limit").fetchone()[0] == keep
+    reader = sqlite3.connect(path, isolation_level=None)
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM openai_django_call").fetchone()  # a snapshot held
+    try:
+        while os.path.getsize(path + "-wal") < 3 * keep:
+            Call.objects.record_new(_call(user, size=6000))
+    finally:
+        reader.execute("COMMIT")
+        reader.close()
+    grown = os.path.getsize(path + "-wal")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        Call.objects.record_new(_call(user, size=100))
+        if os.path.getsize(path + "-wal") <= keep:
+            break
+        time.sleep(0.05)
+    assert grown >= 3 * keep and os.path.getsize(path + "-wal") <= keep, (
+        grown, os.path.getsize(path + "-wal"), keep)
