@@ -11,7 +11,7 @@ leaves (a prompt, an answer, tokens, an upstream request id and an object id of 
 two indexes with a random key, each a page of its own a call). The two ways alternate batch
 by batch (each goes first every other time, the garbage collector off during the clock);
 each line is the median over the batches of the CPU of the writing alone (the values are
-converted before the clock starts) and of the WAL frames (4 KB pages, two ``pwrite`` calls
+converted before the clock starts) and of the WAL frames (a page each, two ``pwrite`` calls
 each) it appended. Under load the figure is higher: the leader's connection finds its page
 cache stale (the other process wrote since) and waits for the GIL after each statement.
 """
@@ -43,7 +43,7 @@ def main(argv=None):
         from django.db import connection
         from django.utils import timezone
 
-        from openai_django import writer
+        from openai_django import sqlite_wal, writer
         from openai_django.models import Call
         from openai_django.recorder import FINISH_FIELDS
 
@@ -53,6 +53,7 @@ def main(argv=None):
         raw = connection.connection
         raw.execute("PRAGMA wal_autocheckpoint=0")  # frames counted from the WAL's size
         wal = db.url.removeprefix("sqlite:///") + "-wal"
+        frame = sqlite_wal.wal_bytes(1, raw.execute("PRAGMA page_size").fetchone()[0]) - 32
         manager = Call.objects
         batched = writer.Writer("default")
 
@@ -120,7 +121,7 @@ def main(argv=None):
                     errors = [i.error for i in batch if i.error is not None]
                     if errors:
                         raise errors[0]
-                    frames[name].append((os.path.getsize(wal) - size) / (4096 + 24))
+                    frames[name].append((os.path.getsize(wal) - size) / frame)
                     running[name] = fresh
                 raw.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             for name in ways:

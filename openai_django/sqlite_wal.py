@@ -82,9 +82,13 @@ def options(value=None):
     merged = {**DEFAULTS, **value}
     if merged["FALLBACK_PAGES"] is None:
         merged["FALLBACK_PAGES"] = 4 * merged["FULL_PAGES"]
-    if merged["KEEP_BYTES"] is None:  # FULL_PAGES frames of 4 KB pages and their headers
-        merged["KEEP_BYTES"] = merged["FULL_PAGES"] * (4096 + 24) + 32
     return merged
+
+
+def wal_bytes(frames, page_size):
+    """The size of a WAL file of ``frames`` frames: its 32-byte header, then each page behind
+    a 24-byte frame header (walformat.html, section 1)."""
+    return 32 + frames * (page_size + 24)
 
 
 _shm_fds = {}  # (pid, -shm path) -> (descriptor, inode): opened once, never closed
@@ -311,7 +315,10 @@ def configure(sender=None, connection=None, **kwargs):
         # load the log runs past FULL_PAGES (measured: 90-210 MB at c=64 for a 16,000-frame
         # mark), and the file stayed that size for good. The first commit after the restart
         # truncates it (one ftruncate, only when the file is over the limit).
-        raw.execute(f"PRAGMA journal_size_limit={int(opts['KEEP_BYTES'])}")
+        keep = opts["KEEP_BYTES"]
+        if keep is None:  # FULL_PAGES frames of this database's pages
+            keep = wal_bytes(opts["FULL_PAGES"], raw.execute("PRAGMA page_size").fetchone()[0])
+        raw.execute(f"PRAGMA journal_size_limit={int(keep)}")
     except sqlite3.Error as exc:
         logger.warning("Could not configure the WAL checkpoints of %s: %s", path, exc)
         return
