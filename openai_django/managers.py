@@ -57,9 +57,17 @@ def _converter(conn, field):
         return convert
     if plain:
         def convert(value, field=field):
-            # A str subclass (a choices member: Call.Status.RUNNING) is bound as it is, as
-            # the ORM binds it (CharField.to_python returns it unchanged).
+            if type(value) is str:
+                return value.replace("\x00", "\ufffd") if no_nul and "\x00" in value else value
             if isinstance(value, str):
+                # A choices member (Call.Status.RUNNING) bound as the plain str it equals:
+                # the same text in the column, and no miss in sqlite3's adapter registry,
+                # whose fallback looks ``__adapt__`` up on its protocol type and formats the
+                # AttributeError it raises (five such members a recorded call; with the
+                # five booleans, see writer._plain_adapters: 2.35-2.38 -> 2.32-2.33 M
+                # instructions a call, ``python -m bench.instructions --writer 0
+                # --checkpoint 0``, 2026-12-02).
+                value = str.__str__(value)
                 return value.replace("\x00", "\ufffd") if no_nul and "\x00" in value else value
             if value is None or type(value) in (int, float, bool):
                 return value

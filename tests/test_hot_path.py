@@ -84,7 +84,10 @@ def test_the_fast_converters_bind_what_the_orm_binds():
             except (TypeError, ValueError, AttributeError, ValidationError):
                 continue  # a value the field does not take
             got = convert(value)
-            assert (got, type(got)) == (expected, type(expected)), (field.name, value)
+            # A choices member is bound as the plain str it equals (the same text stored;
+            # sqlite3 finds no adapter for its class, see managers._converter).
+            want = str if type(expected) is Call.Status else type(expected)
+            assert (got, type(got)) == (expected, want), (field.name, value)
             checked += 1
     assert checked > 100
     call = Call.objects.new(operation="x", started_at=now)
@@ -93,18 +96,19 @@ def test_the_fast_converters_bind_what_the_orm_binds():
             assert _getter(field, add)(call) == field.pre_save(call, add), field.name
 
 
-def test_sqlite_binds_none_and_bytes_through_the_registered_adapters():
+def test_sqlite_binds_none_bytes_and_bools_through_the_registered_adapters():
     import sqlite3
 
     from openai_django import writer
 
     key = (type(None), sqlite3.PrepareProtocol)
-    assert key in sqlite3.adapters and (bytes, sqlite3.PrepareProtocol) in sqlite3.adapters
+    for kind in (type(None), bytes, bool):
+        assert (kind, sqlite3.PrepareProtocol) in sqlite3.adapters, kind
     db = sqlite3.connect(":memory:")
-    db.execute("create table t (a, b)")
-    db.execute("insert into t values (?, ?)", (None, b"\x00raw"))
-    assert db.execute("select a, typeof(a), b, typeof(b) from t").fetchall() == [
-        (None, "null", b"\x00raw", "blob")]
+    db.execute("create table t (a, b, c, d)")
+    db.execute("insert into t values (?, ?, ?, ?)", (None, b"\x00raw", True, False))
+    assert db.execute("select a, typeof(a), b, typeof(b), c, typeof(c), d from t").fetchall() \
+        == [(None, "null", b"\x00raw", "blob", 1, "integer", 0)]
     # A site's own adapter is kept.
     saved = sqlite3.adapters[key]
     try:
