@@ -64,6 +64,8 @@ def test_a_setting_read_is_kept_and_forgotten_on_change():
 @pytest.mark.django_db
 def test_the_fast_converters_bind_what_the_orm_binds():
     import uuid
+    from datetime import timedelta
+    from datetime import timezone as dt_timezone
 
     from django.core.exceptions import ValidationError
     from django.db import connection
@@ -73,12 +75,13 @@ def test_the_fast_converters_bind_what_the_orm_binds():
     from openai_django.managers import _PLAIN_FIELDS, _converter, _getter
 
     now = timezone.now()
+    elsewhere = now.astimezone(dt_timezone(timedelta(hours=2)))  # aware, not UTC
     checked = 0
     for field in Call._meta.concrete_fields:
         if not isinstance(field, (_PLAIN_FIELDS, DateTimeField, UUIDField)):
             continue  # JSON, binary, decimal: the ORM's own prep (tests/test_postgres.py)
         convert = _converter(connection, field)
-        for value in (None, now, uuid.uuid4(), Call.Status.RUNNING, "text"):
+        for value in (None, now, elsewhere, uuid.uuid4(), Call.Status.RUNNING, "text"):
             try:
                 expected = field.get_db_prep_save(value, connection=connection)
             except (TypeError, ValueError, AttributeError, ValidationError):
