@@ -21,11 +21,11 @@ from django.db.models.base import ModelState
 from openai_django import writer
 from openai_django.conf import app_settings
 
+_UTC = _timezone.utc
+
 # Fields whose database value is the Python value itself when the recorder set it (a str, an
 # int, a float, a bool or None): binding them skips the ORM's per-field prep (a third of the
 # cost of a save on the hot path).
-_UTC = _timezone.utc
-
 _PLAIN_FIELDS = (models.CharField, models.TextField, models.IntegerField, models.FloatField,
                  models.BooleanField)
 
