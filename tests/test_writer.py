@@ -5,7 +5,7 @@ and a failing statement fails only its own caller."""
 import threading
 
 import pytest
-from django.db import IntegrityError, connection
+from django.db import IntegrityError, ProgrammingError, connection
 
 from openai_django import recorder, writer
 from openai_django.models import Call
@@ -83,3 +83,66 @@ def test_a_failing_insert_fails_only_its_caller(with_writer, user):
         t.join()
     assert [c for c, _ in errors] == [duplicate]
     assert Call.objects.filter(pk__in=[c.pk for c in others]).count() == 5
+
+
+def _items(calls):
+    sql, plan = Call.objects._plan(connection, "insert", None)
+    return [writer._Item(sql, [convert(get(c)) for get, convert in plan], "insert")
+            for c in calls]
+
+
+def test_a_batch_is_one_transaction_and_a_failing_one_fails_only_its_caller(user):
+    """A batch of several statements (what concurrent callers share) is committed as one
+    transaction on the connection itself; a statement that fails it is rolled back with the
+    batch, and the rest are written one by one, so only its own caller has the error. The
+    connection is left in autocommit, out of any transaction, either way."""
+    def new(**extra):
+        return Call(operation="createChatCompletion", method="POST", path="/chat/completions",
+                    user=user, **extra)
+
+    connection.ensure_connection()
+    assert writer._direct(connection)  # the path under test: BEGIN IMMEDIATE ... COMMIT
+    batched = writer.Writer("default")
+    firsts = [new(), new()]
+    first = _items(firsts)
+    statements = []
+    connection.connection.set_trace_callback(statements.append)
+    try:
+        batched._write_batch(connection, first)
+    finally:
+        connection.connection.set_trace_callback(None)
+    assert [i.error for i in first] == [None, None]
+    # One transaction: BEGIN, the INSERTs (sqlite3 may trace a statement more than once a
+    # row), COMMIT, as sqlite3 ran them.
+    words = [s.split(" ", 1)[0] for s in statements]
+    assert statements[0] == "BEGIN IMMEDIATE" and words[-1] == "COMMIT"
+    assert set(words[1:-1]) == {"INSERT"}
+    assert not connection.connection.in_transaction and connection.get_autocommit()
+    assert Call.objects.filter(pk__in=[c.pk for c in firsts]).count() == 2
+
+    Call.objects.record_new(new(idempotency_key="same", request_hash="h"))
+    calls = [new(), new(idempotency_key="same", request_hash="h"), new()]
+    second = _items(calls)
+    batched._write_batch(connection, second)
+    assert second[0].error is None and second[2].error is None
+    assert isinstance(second[1].error, IntegrityError)  # Django's, mapped from sqlite3's
+    assert not connection.connection.in_transaction and not connection.in_atomic_block
+    assert set(Call.objects.filter(pk__in=[c.pk for c in calls]).values_list("pk", flat=True)) \
+        == {calls[0].pk, calls[2].pk}
+
+
+def test_a_batch_interrupted_mid_transaction_leaves_nothing_and_no_transaction(user):
+    """An exception between BEGIN and COMMIT (here a parameter sqlite3 cannot bind, raised
+    after the first statement ran) rolls the whole batch back."""
+    calls = [Call(operation="createChatCompletion", method="POST", path="/chat/completions",
+                  user=user) for _ in range(2)]
+    items = _items(calls)
+    items[1].params[-1] = object()  # the last column: cannot be bound
+    connection.ensure_connection()
+    with pytest.raises(ProgrammingError):  # Django's, mapped from sqlite3's
+        with writer._transaction(connection, "default"):
+            writer.executemany(connection, items[0].sql, [items[0].params])
+            assert connection.connection.in_transaction
+            writer.executemany(connection, items[1].sql, [items[1].params])
+    assert not connection.connection.in_transaction
+    assert not Call.objects.filter(pk__in=[c.pk for c in calls]).exists()
