@@ -123,3 +123,62 @@ def test_sqlite_binds_none_bytes_and_bools_through_the_registered_adapters():
         assert sqlite3.adapters[key] is own
     finally:
         sqlite3.adapters[key] = saved
+
+
+@pytest.mark.django_db
+def test_the_binder_binds_what_each_converter_binds():
+    """The SQLite binder (managers._binder) stores, column for column, what the field-by-field
+    converters store: for a recorded call's values, choices members among them, and for
+    values it leaves to the converters (a str subclass of a site's, a Decimal)."""
+    from decimal import Decimal
+
+    from django.db import connection
+    from django.utils import timezone
+
+    from openai_django import writer
+    from openai_django.managers import _plain
+    from openai_django.recorder import FINISH_FIELDS
+
+    class Label(str):
+        pass
+
+    manager = Call.objects
+    connection.ensure_connection()
+    now = timezone.now()
+
+    def made(**extra):
+        return manager.new(
+            created=now, started_at=now, operation="createChatCompletion", method="POST",
+            path="/chat/completions", model="gpt-4o-mini", status=Call.Status.RUNNING,
+            mode=Call.Mode.SYNC, source=Call.Source.HTTP, stream=False,
+            request_body={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]},
+            request_headers={"user-agent": "t"}, prompt_tokens=3, cost_usd=Decimal("0.5"),
+            **extra)
+
+    variants = [{}, {"session": Label("a site's str")}, {"total_tokens": True},
+                {"latency_ms": 1.5, "query": "a=1"}]
+    table = Call._meta.db_table
+    for extra in variants:
+        fast, slow = made(**extra), made(**extra)
+        sql, params = manager._params(connection, "insert", None, fast)
+        _, plan = manager._plan(connection, "insert", None)
+        writer.execute(connection, sql, params)
+        writer.execute(connection, sql, [convert(get(slow)) for get, convert in plan])
+        done = timezone.now()
+        for call in (fast, slow):
+            call.status, call.outcome, call.finished_at = (
+                Call.Status.SUCCEEDED, Call.Outcome.OK, done)
+            call.response_body, call.completion_tokens = {"id": "x"}, 4
+        update, params = manager._params(connection, "update", FINISH_FIELDS, fast)
+        _, plan = manager._plan(connection, "update", FINISH_FIELDS)
+        writer.execute(connection, update, [*params, fast.pk.hex])
+        writer.execute(connection, update,
+                       [*(convert(get(slow)) for get, convert in plan), slow.pk.hex])
+        raw = connection.connection
+        rows = [raw.execute(f'select * from "{table}" where id = ?', (c.pk.hex,)).fetchone()
+                for c in (fast, slow)]
+        columns = [d[0] for d in raw.execute(f'select * from "{table}" limit 0').description]
+        differ = {name for name, a, b in zip(columns, *rows)
+                  if (a, type(a)) != (b, type(b)) and name != "id"}
+        assert not differ, (extra, differ)
+    assert sum(_plain(connection, f) for f in Call._meta.local_concrete_fields) > 30
