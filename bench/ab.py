@@ -7,11 +7,12 @@
 Each spec is a gateway under granian WSGI (``THREADS`` a worker, ``WORKERS`` processes,
 ``RECORD`` 1 or 0), with environment variables for it (``OPENAI_DJANGO_FAIR_CONCURRENCY=1``)
 and ``ROOT``: another checkout to serve (``git worktree add /tmp/before <commit>`` with a
-``.venv`` link), for a before/after of a change. Every round runs wrk on each gateway in
+``.venv`` link), for a before/after of a change, and ``DB=own``: a SQLite database of its
+own, migrated by its own tree (for a change of the schema). Every round runs wrk on each gateway in
 turn at each concurrency: the machine's drift lands on all of them alike. Prints one line a
 round and gateway: req/s, p50, p99, max, gateway CPU a request. All gateways share one
-SQLite database: a recording gateway's WAL checkpoints can stall another's calls, so read
-c=1 tails from one gateway at a time. ``AB_DB=postgres`` for PostgreSQL.
+SQLite database unless ``DB=own``: a recording gateway's WAL checkpoints can stall
+another's calls, so read c=1 tails from one gateway at a time. ``AB_DB=postgres`` for PostgreSQL.
 """
 
 import json
@@ -45,9 +46,14 @@ def main(argv=None):
         try:
             for label, threads, workers, record, env in specs:
                 root = env.pop("ROOT", None)
+                own_db = env.pop("DB", None) == "own"
                 harness_module.ROOT = Path(root) if root else own_root
-                gateways.append((label, h.start_gateway(db, workers=workers, threads=threads,
-                                                        record=record, name=label, env=env)))
+                # DB=own: a SQLite database of its own, migrated by its own tree (a schema
+                # change's before and after; no other gateway's checkpoints in its calls).
+                gateway_db = h.sqlite(f"ab-{label}") if own_db else db
+                gateways.append((label, h.start_gateway(gateway_db, workers=workers,
+                                                        threads=threads, record=record,
+                                                        name=label, env=env)))
         finally:
             harness_module.ROOT = own_root
         ctx = scenarios.Context(h, gateways[0][1], scenarios.Params())
