@@ -2,7 +2,8 @@
 #
 # The five (column, created) indexes of calls rebuilt with ``created`` ascending (why: the
 # comment above Call.Meta.indexes). Each is dropped and built again from the table: on a big
-# log, run it when the site is quiet (SQLite holds its write lock while it builds them).
+# log, run it when the site is quiet (SQLite holds its write lock while it builds them, and
+# PostgreSQL's CREATE INDEX blocks writes to the table until it is built).
 
 from django.conf import settings
 from django.db import migrations, models
