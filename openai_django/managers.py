@@ -418,8 +418,9 @@ class CallManager(models.Manager.from_queryset(CallQuerySet)):
                     sql += f" AND {quote(meta.get_field('status').column)} = %s"
             add = kind == "insert"
             pairs = tuple((_getter(f, add), _converter(conn, f)) for f in fields)
-            plan = self._plans[key] = (sql, pairs)
+            # The binder first: a thread that finds the plan finds its binder.
             self._binders[key] = _binder(conn, self.model, fields, pairs)
+            plan = self._plans[key] = (sql, pairs)
         return plan
 
     def _params(self, conn, kind, names, call):

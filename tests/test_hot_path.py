@@ -93,6 +93,8 @@ def test_the_fast_converters_bind_what_the_orm_binds():
             # A choices member is bound as the plain str it equals (the same text stored;
             # no lookup in sqlite3's adapter registry, see managers._converter).
             want = str if type(expected) is Call.Status else type(expected)
+            if isinstance(expected, int) and want not in (int, bool) and type(got) is int:
+                want = int  # psycopg's Int2 / Int4 wrappers of the same number
             assert (got, type(got)) == (expected, want), (field.name, value)
             checked += 1
     assert checked > 100
@@ -130,6 +132,10 @@ def test_sqlite_binds_none_bytes_and_bools_through_the_registered_adapters():
 
 @pytest.mark.django_db
 def test_the_binder_binds_what_each_converter_binds():
+    from django.db import connection
+
+    if connection.vendor != "sqlite":
+        pytest.skip("the binder's own path is SQLite's (elsewhere: the converters)")
     """The SQLite binder (managers._binder) stores, column for column, what the field-by-field
     converters store: for a recorded call's values, choices members among them, and for
     values it leaves to the converters (a str subclass of a site's, a Decimal)."""

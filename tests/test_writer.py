@@ -91,6 +91,11 @@ def _items(calls):
             for c in calls]
 
 
+sqlite_only = pytest.mark.skipif(connection.vendor != "sqlite",
+                                 reason="the batch's own transaction is SQLite's")
+
+
+@sqlite_only
 def test_a_batch_is_one_transaction_and_a_failing_one_fails_only_its_caller(user):
     """A batch of several statements (what concurrent callers share) is committed as one
     transaction on the connection itself; a statement that fails it is rolled back with the
@@ -131,6 +136,7 @@ def test_a_batch_is_one_transaction_and_a_failing_one_fails_only_its_caller(user
         == {calls[0].pk, calls[2].pk}
 
 
+@sqlite_only
 def test_a_batch_interrupted_mid_transaction_leaves_nothing_and_no_transaction(user):
     """An exception between BEGIN and COMMIT (here a parameter sqlite3 cannot bind, raised
     after the first statement ran) rolls the whole batch back."""
