@@ -238,6 +238,27 @@ def test_chat_accepts_todays_message_shapes(server, http):
     assert post(http, server, "/chat/completions", json={"model": "x"}).status_code == 400
 
 
+def test_chat_counts_only_well_formed_tool_calls(server, http):
+    """Tool calls of any other shape are not counted, and never fail the request (found by
+    the fuzzer: a number where a call's ``function`` goes was a 500)."""
+    well = {"role": "assistant", "content": None, "tool_calls": [
+        {"id": "call_1", "type": "function", "function": {"name": "f",
+                                                          "arguments": '{"a": 1}'}}]}
+    odd = {"role": "assistant", "content": None, "tool_calls": [
+        {"id": "call_1", "type": "function", "function": 5.6e201}, 3.0, None]}
+    odder = {"role": "assistant", "content": None, "tool_calls": 7}
+    tokens = {}
+    for name, message in ("none", None), ("well", well), ("odd", odd), ("odder", odder):
+        messages = [{"role": "user", "content": "Hello there"}]
+        if message is not None:
+            messages.append(message)
+        resp = post(http, server, "/chat/completions",
+                    json={"model": "gpt-4o", "messages": messages})
+        assert resp.status_code == 200, (name, resp.text)
+        tokens[name] = resp.json()["usage"]["prompt_tokens"]
+    assert tokens["well"] > tokens["odd"] == tokens["odder"] > tokens["none"]
+
+
 WEATHER_TOOL = {"type": "function", "function": {
     "name": "get_weather", "description": "Current weather",
     "parameters": {"type": "object", "properties": {

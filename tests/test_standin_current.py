@@ -257,6 +257,18 @@ def test_response_json_shape_and_usage(server, http):
     assert cut["incomplete_details"] == {"reason": "max_output_tokens"}
 
 
+def test_response_input_item_type_must_be_a_string(server, http):
+    """An item's ``type`` that is not a string is the client's error, a 400 naming the item
+    (found by the fuzzer: an object there was a 500)."""
+    resp = post(http, server, "/responses", json={
+        "model": "gpt-4o", "input": [{"role": "user", "content": "hi"}, {"type": {}}]})
+    assert resp.status_code == 400, resp.text
+    error = resp.json()["error"]
+    assert error["param"] == "input[1].type" and error["type"] == "invalid_request_error"
+    assert post(http, server, "/responses", json={
+        "model": "gpt-4o", "input": [{"role": "user", "content": "hi"}]}).status_code == 200
+
+
 def test_response_tools_and_reasoning(server, http):
     data = post(http, server, "/responses", json={
         "model": "gpt-5", "input": [{"role": "user", "content": "What is the weather in Oslo?"}],

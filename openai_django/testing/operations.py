@@ -217,9 +217,10 @@ def _message_tokens(message: dict) -> int:
         tokens += 85 * sum(1 for p in content
                            if isinstance(p, dict) and str(p.get("type", "")).startswith(
                                ("image", "input_image", "input_audio")))
-    for call in message.get("tool_calls") or ():
-        if isinstance(call, dict):
-            fn = call.get("function") or {}
+    calls = message.get("tool_calls")
+    for call in calls if isinstance(calls, list) else ():
+        fn = call.get("function") if isinstance(call, dict) else None
+        if isinstance(fn, dict):
             tokens += 3 + fakes.count_tokens(str(fn.get("arguments", "")))
     if isinstance(message.get("function_call"), dict):
         tokens += 3 + fakes.count_tokens(str(message["function_call"].get("arguments", "")))

@@ -64,11 +64,14 @@ def normalise_items(raw: Any) -> list[dict]:
     if not isinstance(raw, list):
         raise ApiError(400, "'input' must be a string or an array of items.", param="input")
     items = []
-    for entry in raw[:MAX_ITEMS]:
+    for index, entry in enumerate(raw[:MAX_ITEMS]):
         if not isinstance(entry, dict):
             continue
         item = dict(entry)
         kind = item.setdefault("type", "message")
+        if not isinstance(kind, str):
+            raise ApiError(400, f"Invalid type for 'input[{index}].type': expected a string.",
+                           param=f"input[{index}].type")
         if kind == "message":
             role = item.setdefault("role", "user")
             content = item.get("content")
