@@ -179,11 +179,12 @@ def _binder(conn, model, fields, plan):
 
     if conn.vendor != "sqlite" or any(type(get) is not attrgetter for get, _ in plan):
         return each
+    texts = _texts(model)
     groups = {}  # the types passed as they are -> the positions of the fields that pass them
     for i, field in enumerate(fields):
         kinds = _plain(field)
         if kinds is not None:
-            passed = _texts(model) if kinds is str else frozenset((*kinds, type(None)))
+            passed = texts if kinds is str else frozenset((*kinds, type(None)))
             groups.setdefault(passed, []).append(i)
     plain = frozenset(i for positions in groups.values() for i in positions)
     if len(plain) < 2:

@@ -132,13 +132,13 @@ def test_sqlite_binds_none_bytes_and_bools_through_the_registered_adapters():
 
 @pytest.mark.django_db
 def test_the_binder_binds_what_each_converter_binds():
+    """The SQLite binder (managers._binder) stores, column for column, what the field-by-field
+    converters store: for a recorded call's values, choices members among them, and for
+    values it leaves to the converters (a str subclass of a site's, a Decimal)."""
     from django.db import connection
 
     if connection.vendor != "sqlite":
         pytest.skip("the binder's own path is SQLite's (elsewhere: the converters)")
-    """The SQLite binder (managers._binder) stores, column for column, what the field-by-field
-    converters store: for a recorded call's values, choices members among them, and for
-    values it leaves to the converters (a str subclass of a site's, a Decimal)."""
     from decimal import Decimal
 
     from django.db import connection
