@@ -31,9 +31,9 @@ prints the CPU a call by library (the Python interpreter, SQLite, the kernel, li
 both and their difference: the record's cost split by where it runs. Instructions undercount
 what the record costs (the kernel's part, the WAL's ``pwrite`` calls and SQLite's locks, is
 not in them, nor the cache misses of the record's scattered Python objects): on 2026-12-03 a
-recorded call took 0.72 M instructions more than an unrecorded one (about a third more) but
-close to twice its CPU. Needs perf (Debian: ``apt-get install linux-perf``) and a
-``perf_event_paranoid`` that lets a process sample its own children.
+recorded call took 0.72 M instructions more than an unrecorded one (half again as many) but
+twice its CPU. Needs perf (Debian: ``apt-get install linux-perf``) and a
+``perf_event_paranoid`` that lets a user sample its own processes.
 """
 
 import argparse
