@@ -78,7 +78,7 @@ def _serve(args):
         one = _wsgi_call(body, key) if args.entry == "wsgi" else _asgi_call(body, key)
         for _ in range(WARM_UP):
             one()
-        sampler = _sample(args.perf_out) if getattr(args, "perf_out", None) else None
+        sampler = _sample(args.perf_out) if args.perf_out else None
         started = os.times()
         for _ in range(args.calls):
             one()
@@ -139,17 +139,12 @@ def _perf(args):
     splits = {}
     for record in (True, False):
         out = os.path.join(out_dir, f"perf.{'on' if record else 'off'}.data")
-        command = [sys.executable, "-m", "bench.instructions", "--inner", "--perf-out", out,
-                   "--calls", str(args.calls), "--entry", args.entry,
-                   "--writer", str(args.writer), "--checkpoint", str(args.checkpoint)]
-        command += ["--stream"] if args.stream else []
-        command += [] if record else ["--no-record"]
-        subprocess.run(command, cwd=ROOT, check=True)
+        subprocess.run(_inner(args, args.calls, record, "--perf-out", out), cwd=ROOT,
+                       check=True)
         splits[record] = _split(out, args.calls)
     on, off = splits[True], splits[False]
     names = sorted(set(on) | set(off), key=lambda n: -(on.get(n, 0) - off.get(n, 0)))
-    args.record = True
-    print(f"CPU a call by library, us ({_what(args).replace('recording on, ', '')}; "
+    print(f"CPU a call by library, us ({_what(args, both=True)}; "
           f"{args.calls} calls, perf at {PERF_HZ} Hz, load {os.getloadavg()[0]:.1f})")
     print(f"{'library':<16}{'recording on':>14}{'recording off':>15}{'the record':>12}")
     for name in names + ["all"]:
@@ -220,13 +215,17 @@ def _count(args, calls, out_dir):
     log = os.path.join(out_dir, f"callgrind.{calls}.log")
     command = ["valgrind", "--tool=callgrind",
                f"--callgrind-out-file={os.path.join(out_dir, f'callgrind.{calls}.out')}",
-               sys.executable, "-m", "bench.instructions", "--inner", "--calls", str(calls),
-               "--entry", args.entry, "--writer", str(args.writer),
-               "--checkpoint", str(args.checkpoint)]
-    command += ["--stream"] if args.stream else []
-    command += [] if args.record else ["--no-record"]
+               *_inner(args, calls, args.record)]
     handle = open(log, "w")
     return subprocess.Popen(command, cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT), log
+
+
+def _inner(args, calls, record, *extra):
+    """The command of an inner run: this module serving ``calls`` measured calls."""
+    return [sys.executable, "-m", "bench.instructions", "--inner", *extra, "--calls",
+            str(calls), "--entry", args.entry, "--writer", str(args.writer),
+            "--checkpoint", str(args.checkpoint), *(["--stream"] if args.stream else []),
+            *([] if record else ["--no-record"])]
 
 
 def _collected(log):
@@ -249,10 +248,11 @@ def _cpu(args):
     return 0
 
 
-def _what(args):
+def _what(args, both=False):
+    """The calls served, for a result's line (``both``: recording on and off alike)."""
+    mode = "" if both else f"recording {'on' if args.record else 'off'}, "
     return (f"{'streamed ' if args.stream else ''}chat call, {args.entry.upper()} entry, "
-            f"recording {'on' if args.record else 'off'}, writer {args.writer}, "
-            f"checkpointer {args.checkpoint}")
+            f"{mode}writer {args.writer}, checkpointer {args.checkpoint}")
 
 
 def main(argv=None):

@@ -141,7 +141,6 @@ def test_the_binder_binds_what_each_converter_binds():
         pytest.skip("the binder's own path is SQLite's (elsewhere: the converters)")
     from decimal import Decimal
 
-    from django.db import connection
     from django.utils import timezone
 
     from openai_django import writer
