@@ -15,7 +15,7 @@ from operator import attrgetter, itemgetter
 
 import orjson
 from django.contrib.contenttypes.models import ContentType
-from django.db import DatabaseError, connections, models, router
+from django.db import DatabaseError, connections, models, router, transaction
 from django.db.backends.base.operations import BaseDatabaseOperations
 from django.db.models import signals as model_signals
 from django.db.models.base import ModelState
@@ -24,6 +24,25 @@ from openai_django import writer
 from openai_django.conf import app_settings
 
 _UTC = _timezone.utc
+
+# A recorded request body whose JSON is larger than this many bytes is kept in a row of its
+# own (``RequestBody``, written in the same transaction as the call's row); the call's row
+# holds a marker in its place, and ``call.request_body`` reads the body through it
+# (models.RequestBodyAttribute). Why: the finish's UPDATE rewrites the whole row, and on
+# SQLite a row is rewritten with every overflow page of its body, each a WAL frame, which the
+# checkpoint then copies again; and SQLite's ``JSON_VALID`` check of the JSONField runs over
+# every byte of the body (1.6 ms a MB). Figures in docs/performance.md, "Large request bodies".
+REQUEST_BODY_APART_BYTES = 8 * 1024
+APART_KEY = "$openai_django"
+
+
+def apart_marker(size):
+    """What the call's ``request_body`` column holds when its body is kept apart."""
+    return {APART_KEY: {"kept_in": "openai_django_requestbody", "bytes": size}}
+
+
+def is_apart_marker(value):
+    return type(value) is dict and len(value) == 1 and APART_KEY in value
 
 def _converter(conn, field):
     """A function from a field's Python value to its database value, as the ORM's save would
@@ -430,15 +449,22 @@ class CallManager(models.Manager.from_queryset(CallQuerySet)):
         sql, _ = self._plan(conn, kind, names)
         return sql, self._binders[(conn.vendor, kind, names)](call)
 
-    def _execute(self, alias, sql, params, kind, conn=None):
+    def _execute(self, alias, sql, params, kind, conn=None, then=()):
         # ``conn``: the caller's ``connections[alias]`` (each lookup goes through asgiref's
-        # Local, which raises and catches a RuntimeError when no event loop runs).
+        # Local, which raises and catches a RuntimeError when no event loop runs). ``then``:
+        # statements committed with this one or not at all.
         if conn is None:
             conn = connections[alias]
         if app_settings.WRITER and not conn.in_atomic_block:
-            writer.get_writer(alias).submit(sql, params, kind=kind)
+            writer.get_writer(alias).submit(sql, params, kind=kind, then=then)
             return None
-        return writer.execute(conn, sql, params)
+        if not then:
+            return writer.execute(conn, sql, params)
+        with transaction.atomic(using=alias):
+            count = writer.execute(conn, sql, params)
+            for more_sql, more_params in then:
+                writer.execute(conn, more_sql, more_params)
+        return count
 
     def record_new(self, call):
         """``call.save(force_insert=True)`` as one prepared statement.
@@ -461,11 +487,56 @@ class CallManager(models.Manager.from_queryset(CallQuerySet)):
             call.save(force_insert=True, using=alias)
             return call
         conn = connections[alias]
-        sql, params = self._params(conn, "insert", None, call)
-        self._execute(alias, sql, params, "insert", conn)
+        sql, params, then = self.insert_statements(call, conn)
+        self._execute(alias, sql, params, "insert", conn, then=then)
         call._state.adding = False
         call._state.db = alias
         return call
+
+    def insert_statements(self, call, conn):
+        """``(sql, params, then)``: ``call``'s INSERT, and the statements to commit with it
+        (its request body's row, when the body is kept apart; see :meth:`apart`)."""
+        apart = self.apart(call, conn)
+        if apart is None:
+            sql, params = self._params(conn, "insert", None, call)
+            return sql, params, ()
+        # The row is bound with the marker; the call keeps its body in memory.
+        state = call.__dict__
+        body, state["request_body"] = state["request_body"], apart_marker(apart[0])
+        try:
+            sql, params = self._params(conn, "insert", None, call)
+        finally:
+            state["request_body"] = body
+        return sql, params, apart[1]
+
+    def apart(self, call, conn):
+        """``(bytes, statements)`` when ``call``'s request body is kept apart (its JSON over
+        :data:`REQUEST_BODY_APART_BYTES`): its size and the INSERT of its ``RequestBody`` row;
+        else ``None``. A call the recorder gave the size of the client's body
+        (``call.request_bytes``) is measured only when that is over the limit, so a small
+        call through the gateway pays two lookups; any other (a replay, the Python API) has
+        its body serialised once here to know."""
+        state = call.__dict__
+        body = state.get("request_body")
+        if type(body) not in (dict, list):
+            return None
+        size = state.get("request_bytes")
+        if size is not None and size <= REQUEST_BODY_APART_BYTES:
+            return None
+        try:
+            text = orjson.dumps(body, option=_ORJSON_OPTIONS)
+        except (TypeError, orjson.JSONEncodeError):
+            return None  # the ORM's json.dumps, in the row
+        if len(text) <= REQUEST_BODY_APART_BYTES:  # the redaction hook may have cut it
+            return None
+        from openai_django.models import RequestBody
+
+        meta = RequestBody._meta
+        quote = conn.ops.quote_name
+        sql = (f"INSERT INTO {quote(meta.db_table)} ({quote(meta.get_field('call').column)}, "
+               f"{quote(meta.get_field('text').column)}) VALUES (%s, %s)")
+        call_id = meta.get_field("call").get_db_prep_save(call.pk, conn)
+        return len(text), ((sql, [call_id, text.decode()]),)
 
     def save_fields(self, call, names):
         """``call.save(update_fields=names)`` as one prepared statement (``names``: a

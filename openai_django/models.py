@@ -6,14 +6,16 @@ import secrets
 import time
 import uuid
 
+import orjson
 from django.conf import settings
 from django.contrib.contenttypes.fields import GenericForeignKey
 from django.contrib.contenttypes.models import ContentType
 from django.db import models
+from django.db.models.query_utils import DeferredAttribute
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
-from openai_django.managers import CallManager
+from openai_django.managers import CallManager, is_apart_marker
 
 KEY_PREFIX = "sk-od-"
 
@@ -35,6 +37,45 @@ def hash_key(raw):
     # Keys are 256-bit random secrets, so a plain SHA-256 is enough (no dictionary to defend
     # against) and keeps the per-request lookup to one indexed equality query.
     return hashlib.sha256(raw.encode()).hexdigest()
+
+
+class RequestBodyAttribute(DeferredAttribute):
+    """``call.request_body``: the body, wherever it is kept.
+
+    A large body is kept in its own :class:`RequestBody` row, and the call's column holds a
+    marker (managers.REQUEST_BODY_APART_BYTES says why); a call read from the database finds
+    the body behind the marker the first time the attribute is read (one query, then kept
+    on the instance). A call being built (``_state.adding``) is left as it is: the recorder's
+    INSERT binds the marker itself. Assigning the attribute works as for any field.
+    """
+
+    def __get__(self, instance, cls=None):
+        if instance is None:
+            return self
+        value = super().__get__(instance, cls)
+        if is_apart_marker(value) and not instance._state.adding:
+            value = instance.__dict__[self.field.attname] = _kept_apart(instance)
+        return value
+
+    def __set__(self, instance, value):
+        instance.__dict__[self.field.attname] = value
+
+
+def _kept_apart(call):
+    text = (RequestBody.objects.using(call._state.db or "default").filter(call_id=call.pk)
+            .values_list("text", flat=True).first())
+    return None if text is None else orjson.loads(text)
+
+
+class RequestBodyField(models.JSONField):
+    """A JSONField read through :class:`RequestBodyAttribute`. The column is the JSONField's
+    own (the same type and check), so migrations see a plain JSONField."""
+
+    descriptor_class = RequestBodyAttribute
+
+    def deconstruct(self):
+        name, _path, args, kwargs = super().deconstruct()
+        return name, "django.db.models.JSONField", args, kwargs
 
 
 class APIKeyQuerySet(models.QuerySet):
@@ -186,7 +227,7 @@ class Call(models.Model):
         help_text=_("The request exactly as it is to be sent, kept only until a background call "
                     "has been performed (what is recorded may be redacted; this is not)."),
     )
-    request_body = models.JSONField(
+    request_body = RequestBodyField(
         _("request body"), null=True, blank=True,
         help_text=_("The JSON body, or the form fields of a multipart body (files are artifacts)."),
     )
@@ -480,6 +521,28 @@ class CallTag(models.Model):
 
     def __str__(self):
         return self.tag
+
+
+class RequestBody(models.Model):
+    """A call's request body too large for the call's own row, as JSON text.
+
+    Written with the call's row, in the same transaction, before the upstream is asked (the
+    record stays write-ahead); read through ``call.request_body``; deleted with the call and
+    when retention purges the call's bodies. Text rather than JSON: what the recorder
+    serialised once is stored as it is, without the database parsing or checking it again.
+    """
+
+    call = models.OneToOneField(Call, on_delete=models.CASCADE, primary_key=True,
+                                related_name="+", verbose_name=_("call"))
+    text = models.TextField(_("JSON text"))
+
+    class Meta:
+        verbose_name = _("request body kept apart")
+        verbose_name_plural = _("request bodies kept apart")
+        default_permissions = ()
+
+    def __str__(self):
+        return f"request body of {self.call_id}"
 
 
 class CallFeedback(models.Model):

@@ -88,6 +88,10 @@ def _new_call(invocation, status, bodies):
 def _request_fields(call, invocation, body):
     call.request_body = redact(body, call, "request_body")
     call.prompt_preview = redact(invocation.kind.prompt(body), call, "prompt")
+    if invocation.raw_body is not None:
+        # The body's size as sent: only a body over managers.REQUEST_BODY_APART_BYTES is
+        # measured again, to be kept apart.
+        call.request_bytes = len(invocation.raw_body)
 
 
 def start(invocation, *, status=Call.Status.RUNNING, keep_payload=False):

@@ -5,10 +5,11 @@
 periodic Celery task :func:`purge_expired_task` call:
 
 * **bodies**: calls created before the cutoff lose what was sent and answered
-  (``request_body``, ``prompt_preview``, ``response_body``, ``response_text``,
-  ``stream_events``, ``output_text``, ``payload``) and get ``body_purged_at``. Artifacts that are
-  copies of a body (a large response kept as a file, a transcript) go with them: otherwise the
-  answer would outlive the retention through its file.
+  (``request_body``, a large one's own ``RequestBody`` row too, ``prompt_preview``,
+  ``response_body``, ``response_text``, ``stream_events``, ``output_text``, ``payload``) and
+  get ``body_purged_at``. Artifacts that are copies of a body (a large response kept as a
+  file, a transcript) go with them: otherwise the answer would outlive the retention through
+  its file.
 * **artifacts**: stored files created before the cutoff are deleted from the storage; the row
   stays (name, size, SHA-256) with ``purged_at`` set.
 * **metadata**: calls created before the cutoff are deleted, with their artifacts and files.
@@ -170,7 +171,7 @@ def _purge_metadata(report, cutoff, batch_size):
 
 
 def _purge_bodies(report, cutoff, batch_size):
-    from openai_django.models import Call
+    from openai_django.models import Call, RequestBody
 
     expired = _expired_bodies(cutoff)
     if report.dry_run:
@@ -188,6 +189,7 @@ def _purge_bodies(report, cutoff, batch_size):
         with transaction.atomic():
             purged += Call.objects.filter(pk__in=ids).update(body_purged_at=report.now,
                                                              **BODY_FIELDS)
+            RequestBody.objects.filter(call_id__in=ids).delete()
     return purged
 
 

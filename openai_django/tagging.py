@@ -315,7 +315,8 @@ def record_with_tags(manager, call, alias):
     meta = CallTag._meta
     created = meta.get_field("created").get_db_prep_save(call.created, connection)
     tags = list(call.tags)
-    if connection.vendor == "postgresql" and not manager._orm_only():
+    if (connection.vendor == "postgresql" and not manager._orm_only()
+            and manager.apart(call, connection) is None):  # a large body: two statements
         call_sql, plan = manager._plan(connection, "insert", None)
         params = [convert(get(call)) for get, convert in plan]
         manager._execute(alias, _with_tag_rows_sql(connection, call_sql, len(tags)),

@@ -54,6 +54,7 @@ class _Item:
     lead: bool = False  # handed the writing of the next batch
     error: BaseException | None = None
     wake: object = None  # a held lock its thread waits on; released to wake it
+    then: tuple = ()  # (sql, params) pairs written right after it, in its transaction
 
 
 class Writer:
@@ -66,9 +67,11 @@ class Writer:
         self._writing = False
         self._file_lock = None  # SQLite: the lock file shared by every process (see below)
 
-    def submit(self, sql, params, *, kind):
+    def submit(self, sql, params, *, kind, then=()):
         """Write one statement, batched with those of concurrent callers; returns once it is
-        committed, or raises its error.
+        committed, or raises its error. ``then``: ``(sql, params)`` pairs committed in the same
+        transaction as it, or not at all (a call's request body kept apart, see
+        managers.RequestBodyAttribute).
 
         Each waiting thread sleeps on a lock of its own and is woken exactly once: when its
         statement is committed, or when it is handed the next batch to write. (The first
@@ -76,10 +79,10 @@ class Writer:
         woke only to sleep again, and the wake-ups cost more CPU than the writes.)
         """
         with fairness.outside():  # waiting for a commit is not a turn at the gateway's Python
-            return self._submit(sql, params, kind)
+            return self._submit(sql, params, kind, then)
 
-    def _submit(self, sql, params, kind):
-        item = _Item(sql, params, kind)
+    def _submit(self, sql, params, kind, then=()):
+        item = _Item(sql, params, kind, then=then)
         with self._mutex:
             self._pending.append(item)
             if self._writing:
@@ -150,16 +153,18 @@ class Writer:
 
     def _write_batch(self, conn, batch):
         if len(batch) == 1:
-            item = batch[0]
             try:
-                execute(conn, item.sql, item.params)
+                self._write_one(conn, batch[0])
             except BaseException as exc:
-                item.error = exc
+                batch[0].error = exc
             return
         try:
             with _transaction(conn, self.alias):
                 for group in _groups(batch):
                     executemany(conn, group[0].sql, [item.params for item in group])
+                    for item in group:
+                        for sql, params in item.then:
+                            execute(conn, sql, params)
             return
         except DatabaseError:
             pass
@@ -167,9 +172,18 @@ class Writer:
         # one so that only its own caller gets the error.
         for item in sorted(batch, key=lambda i: i.kind != "insert"):
             try:
-                execute(conn, item.sql, item.params)
+                self._write_one(conn, item)
             except BaseException as exc:
                 item.error = exc
+
+    def _write_one(self, conn, item):
+        if not item.then:
+            execute(conn, item.sql, item.params)
+            return
+        with _transaction(conn, self.alias):
+            execute(conn, item.sql, item.params)
+            for sql, params in item.then:
+                execute(conn, sql, params)
 
 
 @contextmanager
