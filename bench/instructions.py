@@ -6,6 +6,7 @@
     python -m bench.instructions --calls 200 --writer 0 --checkpoint 0
     python -m bench.instructions --cpu --calls 3000    # no callgrind: user + system CPU a call
     python -m bench.instructions --perf --calls 3000   # where the CPU goes, recording on / off
+    python -m bench.instructions --cpu --calls 300 --system-bytes 1048576  # a 1 MB prompt
 
 Wall-clock and CPU-time figures on a shared two-core machine move by a third from one run to
 the next; the number of instructions a call executes does not (two runs of the same tree
@@ -71,6 +72,9 @@ def _serve(args):
 
         django.setup()
         request = dict(scenarios.CHAT)
+        if args.system_bytes:
+            request["messages"] = [{"role": "system", "content": _filler(args.system_bytes)},
+                                   *request["messages"]]
         if args.stream:
             request["stream"] = True
         body = json.dumps(request).encode()
@@ -210,6 +214,14 @@ def _asgi_call(body, key):
     return lambda: loop.run_until_complete(call())
 
 
+def _filler(size):
+    """``size`` characters of prose: a long system prompt (documents, a long conversation)
+    before a short question, which the stand-in answers briefly (it quotes the last user
+    message)."""
+    words = "lorem ipsum dolor sit amet consectetur adipiscing elit "
+    return (words * (size // len(words) + 1))[:size]
+
+
 def _count(args, calls, out_dir):
     """Start one callgrind run serving ``calls`` measured calls: (process, its log path)."""
     log = os.path.join(out_dir, f"callgrind.{calls}.log")
@@ -225,7 +237,7 @@ def _inner(args, calls, record, *extra):
     return [sys.executable, "-m", "bench.instructions", "--inner", *extra, "--calls",
             str(calls), "--entry", args.entry, "--writer", str(args.writer),
             "--checkpoint", str(args.checkpoint), *(["--stream"] if args.stream else []),
-            *([] if record else ["--no-record"])]
+            "--system-bytes", str(args.system_bytes), *([] if record else ["--no-record"])]
 
 
 def _collected(log):
@@ -251,8 +263,9 @@ def _cpu(args):
 def _what(args, both=False):
     """The calls served, for a result's line (``both``: recording on and off alike)."""
     mode = "" if both else f"recording {'on' if args.record else 'off'}, "
-    return (f"{'streamed ' if args.stream else ''}chat call, {args.entry.upper()} entry, "
-            f"{mode}writer {args.writer}, checkpointer {args.checkpoint}")
+    prompt = f" with a {args.system_bytes:,}-byte system prompt" if args.system_bytes else ""
+    return (f"{'streamed ' if args.stream else ''}chat call{prompt}, {args.entry.upper()} "
+            f"entry, {mode}writer {args.writer}, checkpointer {args.checkpoint}")
 
 
 def main(argv=None):
@@ -263,6 +276,8 @@ def main(argv=None):
     parser.add_argument("--no-record", dest="record", action="store_false")
     parser.add_argument("--writer", type=int, choices=(0, 1), default=1)
     parser.add_argument("--checkpoint", type=int, choices=(0, 1), default=1)
+    parser.add_argument("--system-bytes", type=int, default=0,
+                        help="a system message of this many characters before the question")
     parser.add_argument("--keep", help="a folder to keep callgrind's outputs in")
     parser.add_argument("--cpu", action="store_true",
                         help="no callgrind: the user and system CPU a call (os.times)")

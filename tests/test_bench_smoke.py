@@ -156,6 +156,18 @@ def test_instructions_cpu_mode_serves_recorded_calls(tmp_path):
     assert user > 0 and system >= 0
 
 
+@pytest.mark.once  # the bench makes a database and a stand-in of its own
+def test_instructions_cpu_mode_takes_a_long_system_prompt(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "DATABASE_"))}
+    result = subprocess.run([sys.executable, "-m", "bench.instructions", "--cpu", "--calls",
+                             "10", "--system-bytes", "200000"], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    line = result.stdout.strip().splitlines()[-1]
+    assert "chat call with a 200,000-byte system prompt" in line and "10 calls" in line, line
+    assert int(line.split()[0]) > 0
+
+
 def _perf_samples_here():
     """Whether ``perf record`` can sample a process of ours (installed, and allowed by
     ``perf_event_paranoid``): a one-second probe."""
