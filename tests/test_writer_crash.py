@@ -12,6 +12,9 @@ same database. Then:
 - every call a client got a 200 for is in its row as succeeded, with the client's prompt (the
   finish is committed before the answer is sent);
 - after ``manage.py openai_sweep`` no row is left running, and no row is there twice.
+
+A third of the clients send prompts over ``REQUEST_BODY_APART_BYTES``, kept in a row of their
+own written in the call's transaction: every such call is found with its whole body.
 """
 
 from __future__ import annotations
@@ -30,16 +33,18 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
 CLIENTS = 24
 ROUNDS = 3
+FILLER = "lorem ipsum dolor sit amet " * 500  # 13.5 KB: kept apart
 
 
-def _load(server, headers, stop, answers):
+def _load(server, headers, stop, answers, large=False):
     """One client: chat completions on a kept connection until ``stop`` (or the server dies);
     ``answers`` gets ``(marker, status, call id)`` for every answer read in full."""
     conn = None
     while not stop.is_set():
         marker = uuid.uuid4().hex
+        prompt = f"{FILLER if large else ''}marker {marker}"
         body = json.dumps({"model": "gpt-4o-mini",
-                           "messages": [{"role": "user", "content": f"marker {marker}"}]})
+                           "messages": [{"role": "user", "content": prompt}]})
         try:
             if conn is None:
                 conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
@@ -58,8 +63,11 @@ def _load(server, headers, stop, answers):
 
 
 def _rows(site):
+    """(id, status, request body's JSON) of every call: a large body from its own row."""
     with contextlib.closing(sqlite3.connect(site.db_path, timeout=20)) as db:
-        return db.execute("SELECT id, status, request_body FROM openai_django_call").fetchall()
+        return db.execute(
+            "SELECT c.id, c.status, COALESCE(b.text, c.request_body) FROM openai_django_call c "
+            "LEFT JOIN openai_django_requestbody b ON b.call_id = c.id").fetchall()
 
 
 def _marker(request_body):
@@ -73,8 +81,9 @@ def test_kill_9_under_group_commit_loses_no_call(gateway_site, crash_upstream):
     for _ in range(ROUNDS):
         server = site.start_server("granian", workers=2, threads=16)
         stop = threading.Event()
-        clients = [threading.Thread(target=_load, args=(server, site.headers, stop, answers),
-                                    daemon=True) for _ in range(CLIENTS)]
+        clients = [threading.Thread(target=_load, args=(server, site.headers, stop, answers,
+                                                        i % 3 == 0),
+                                    daemon=True) for i in range(CLIENTS)]
         for client in clients:
             client.start()
         before = len(answers)
@@ -94,7 +103,8 @@ def test_kill_9_under_group_commit_loses_no_call(gateway_site, crash_upstream):
     ids = [uuid.UUID(row[0]) for row in rows]
     assert len(ids) == len(set(ids))
     by_marker = {_marker(body): status for _, status, body in rows}
-    assert len(by_marker) == len(rows)  # one row a call
+    assert len(by_marker) == len(rows)  # one row a call (a body apart is found whole)
+    assert sum(len(body) > len(FILLER) for _, _, body in rows) >= ROUNDS * 20
 
     seen_upstream = {_marker(json.dumps(entry["body"])) for entry in crash_upstream.requests()
                      if entry.get("path", "").endswith("/chat/completions") and entry["body"]}
