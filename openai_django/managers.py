@@ -31,7 +31,8 @@ _UTC = _timezone.utc
 # (models.RequestBodyAttribute). Why: the finish's UPDATE rewrites the whole row, and on
 # SQLite a row is rewritten with every overflow page of its body, each a WAL frame, which the
 # checkpoint then copies again; and SQLite's ``JSON_VALID`` check of the JSONField runs over
-# every byte of the body (1.6 ms a MB). Figures in docs/performance.md, "Large request bodies".
+# every byte of the body (1.6 ms a MB). Figures: docs/performance.md, "Large request bodies
+# kept apart".
 REQUEST_BODY_APART_BYTES = 8 * 1024
 APART_KEY = "$openai_django"
 
@@ -43,6 +44,7 @@ def apart_marker(size):
 
 def is_apart_marker(value):
     return type(value) is dict and len(value) == 1 and APART_KEY in value
+
 
 def _converter(conn, field):
     """A function from a field's Python value to its database value, as the ORM's save would

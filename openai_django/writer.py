@@ -71,7 +71,7 @@ class Writer:
         """Write one statement, batched with those of concurrent callers; returns once it is
         committed, or raises its error. ``then``: ``(sql, params)`` pairs committed in the same
         transaction as it, or not at all (a call's request body kept apart, see
-        managers.RequestBodyAttribute).
+        models.RequestBody).
 
         Each waiting thread sleeps on a lock of its own and is woken exactly once: when its
         statement is committed, or when it is handed the next batch to write. (The first
