@@ -15,7 +15,7 @@ from django.db.models.query_utils import DeferredAttribute
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
-from openai_django.managers import CallManager, is_apart_marker
+from openai_django.managers import APART_KEY, CallManager, is_apart_marker
 
 KEY_PREFIX = "sk-od-"
 
@@ -47,23 +47,75 @@ class RequestBodyAttribute(DeferredAttribute):
     the body behind the marker the first time the attribute is read (one query, then kept
     on the instance). A call being built (``_state.adding``) is left as it is: the recorder's
     INSERT binds the marker itself. Assigning the attribute works as for any field.
+
+    Many calls at once: ``Call.objects.prefetch_related("request_body")`` reads the bodies
+    kept apart of each batch of calls in one query (only those whose row holds a marker), so
+    an export or a repricing of a million calls does not make a query for each large one.
     """
+
+    def __init__(self, field):
+        super().__init__(field)
+        self.attname = field.attname
 
     def __get__(self, instance, cls=None):
         if instance is None:
             return self
-        value = super().__get__(instance, cls)
-        if is_apart_marker(value) and not instance._state.adding:
-            value = instance.__dict__[self.field.attname] = _kept_apart(instance)
+        try:
+            value = instance.__dict__[self.attname]
+        except KeyError:  # deferred: the ORM reads the column
+            value = super().__get__(instance, cls)
+        if (type(value) is dict and APART_KEY in value and len(value) == 1
+                and not instance._state.adding):  # managers.is_apart_marker, inlined
+            value = instance.__dict__[self.attname] = _kept_apart(instance)
         return value
 
     def __set__(self, instance, value):
-        instance.__dict__[self.field.attname] = value
+        instance.__dict__[self.attname] = value
+
+    # -- prefetch_related("request_body") ----------------------------------------------------
+
+    def is_cached(self, instance):
+        """Nothing to read for a call whose column holds its body. (A deferred body counts as
+        not read: prefetch_related would otherwise read the attribute of each such call to
+        go on, one query a call.)"""
+        value = instance.__dict__.get(self.attname, _DEFERRED)
+        return value is not _DEFERRED and not (is_apart_marker(value)
+                                               and not instance._state.adding)
+
+    def get_prefetch_querysets(self, instances, querysets=None):
+        if querysets and len(querysets) != 1:
+            raise ValueError("prefetch_related('request_body') takes at most one queryset.")
+        queryset = querysets[0] if querysets else RequestBody.objects.all()
+        apart = {call.pk for call in instances
+                 if is_apart_marker(call.__dict__.get(self.attname))}
+        db = queryset._db or instances[0]._state.db or "default"
+        queryset = (queryset.using(db).filter(call_id__in=apart).only("call_id", "text")
+                    if apart else queryset.none())  # none(): no query
+        # The rows land in the call's fields cache under the field's name; the next read of
+        # ``call.request_body`` parses the text there (a deferred body's None is never read).
+        return (queryset, _call_id, _pk, True, PREFETCHED_BODY, False)
+
+
+_DEFERRED = object()
+PREFETCHED_BODY = "request_body"
+
+
+def _call_id(row):
+    return row.call_id
+
+
+def _pk(call):
+    return call.pk
 
 
 def _kept_apart(call):
-    text = (RequestBody.objects.using(call._state.db or "default").filter(call_id=call.pk)
-            .values_list("text", flat=True).first())
+    cache = call._state.fields_cache
+    if PREFETCHED_BODY in cache:
+        row = cache.pop(PREFETCHED_BODY)
+        text = None if row is None else row.text
+    else:
+        text = (RequestBody.objects.using(call._state.db or "default").filter(call_id=call.pk)
+                .values_list("text", flat=True).first())
     return None if text is None else orjson.loads(text)
 
 

@@ -73,8 +73,9 @@ def reprice(queryset, *, dry_run=False, batch=BATCH, limit=None):
     from openai_django.pricing import estimate_cost
 
     report = Report(dry_run=dry_run)
-    calls = queryset.select_related(None).defer(None).only(*COST_FIELDS).order_by(
-        "created", "id")
+    # Bodies kept apart (models.RequestBody) are read a page at a time, not one query a call.
+    calls = (queryset.select_related(None).defer(None).only(*COST_FIELDS)
+             .prefetch_related("request_body").order_by("created", "id"))
     last = None
     while limit is None or report.checked < limit:
         page = calls

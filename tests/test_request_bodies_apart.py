@@ -247,3 +247,94 @@ def test_the_admin_shows_and_replays_a_large_body(admin_client, replayer_client,
     assert replay.status == Call.Status.SUCCEEDED
     assert replay.request_body == body and upstream.requests()[-1]["body"] == body
     assert managers.is_apart_marker(column(replay.pk))
+
+
+def _recorded(user, bodies):
+    """Calls recorded (finished, priced by tokens) with these request bodies; their ids."""
+    ids = []
+    for body in bodies:
+        call = Call(operation="createChatCompletion", method="POST", path="/chat/completions",
+                    user=user, model="gpt-4o-mini", request_body=body,
+                    status=Call.Status.SUCCEEDED, prompt_tokens=10, completion_tokens=5,
+                    total_tokens=15, response_body={"object": "chat.completion"})
+        Call.objects.record_new(call)
+        ids.append(call.pk)
+    return ids
+
+
+def test_many_calls_read_their_bodies_apart_in_one_query(user, django_assert_num_queries):
+    bodies = [large(marker=f"m{i}") for i in range(4)] + [SMALL, {**SMALL, "n": 2}]
+    ids = _recorded(user, bodies)
+    calls = Call.objects.filter(pk__in=ids).order_by("created")
+    # One by one: a query for each body kept apart.
+    with django_assert_num_queries(1 + 4):
+        assert [c.request_body for c in calls] == bodies
+    # Prefetched: the calls, then the four bodies in one query.
+    with django_assert_num_queries(2):
+        assert [c.request_body for c in calls.prefetch_related("request_body")] == bodies
+    # A page without a body apart makes no second query; a deferred body is not fetched.
+    with django_assert_num_queries(1):
+        assert [c.request_body for c in calls.filter(pk__in=ids[4:])
+                .prefetch_related("request_body")] == bodies[4:]
+    with django_assert_num_queries(1):
+        list(calls.defer("request_body").prefetch_related("request_body"))
+    # In chunks, as the exports read: the calls' query, then one a chunk (3 + 3 calls).
+    with django_assert_num_queries(1 + 2):
+        assert [c.request_body for c in calls.prefetch_related("request_body")
+                .iterator(chunk_size=3)] == bodies
+    # A body purged since (its row gone, the marker still read): None, as purged bodies are.
+    RequestBody.objects.filter(call_id=ids[0]).delete()
+    assert calls.prefetch_related("request_body")[0].request_body is None
+
+
+def test_the_jsonl_export_and_the_repricing_read_bodies_a_batch_at_a_time(
+        admin_client, user, django_assert_max_num_queries):
+    from django.db import connection as default
+    from django.test.utils import CaptureQueriesContext
+
+    from openai_django import repricing
+    from openai_django.admin import costs
+
+    def queries(action):
+        with CaptureQueriesContext(default) as captured:
+            action()
+        return len(captured)
+
+    def export():
+        response = admin_client.get(f"{LIST}export/", {"format": "jsonl"})
+        assert response.status_code == 200
+        return [orjson.loads(line) for line in b"".join(response.streaming_content).splitlines()]
+
+    ids = _recorded(user, [large(marker="first"), large(marker="second")])
+    export()  # the admin's first request reads what it caches (the session, the site)
+    few = (queries(export), queries(lambda: repricing.reprice(Call.objects.all())),
+           queries(lambda: costs.recompute(Call.objects.all())))
+    ids += _recorded(user, [large(marker=f"more{i}") for i in range(6)])
+    many = (queries(export), queries(lambda: repricing.reprice(Call.objects.all())),
+            queries(lambda: costs.recompute(Call.objects.all())))
+    # Four times the calls kept apart, the same number of queries.
+    assert many == few
+    exported = {line["id"]: line["request"] for line in export()}
+    assert {i: exported[str(i)] for i in ids} == {c.pk: c.request_body for c in
+                                                  Call.objects.filter(pk__in=ids)}
+    assert all(len(orjson.dumps(b)) > managers.REQUEST_BODY_APART_BYTES
+               for b in exported.values())
+
+
+def test_a_bulk_replay_reads_the_bodies_apart_in_one_query(replayer_client, user):
+    """The replays are queued (no eager Celery here): what is measured is the admin's loop
+    over the selected calls, each replay written with its original's whole body."""
+    from django.db import connection as default
+    from django.test.utils import CaptureQueriesContext
+
+    ids = _recorded(user, [large(marker=f"bulk{i}") for i in range(4)])
+    with CaptureQueriesContext(default) as captured:
+        done = replayer_client.post(LIST, {"action": "replay_selected", "post": "yes",
+                                           "model": "", "_selected_action": ids}, follow=True)
+    assert "4 replays queued" in done.content.decode()
+    reads = [q["sql"] for q in captured
+             if q["sql"].startswith("SELECT") and "openai_django_requestbody" in q["sql"]]
+    assert len(reads) == 1, reads
+    for replay in Call.objects.filter(replay_of__in=ids):
+        assert replay.request_body == replay.replay_of.request_body
+        assert managers.is_apart_marker(column(replay.pk))

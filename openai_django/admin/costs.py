@@ -17,7 +17,9 @@ def recompute(queryset, *, limit=None, batch=BATCH):
     first), writing only the rows whose cost changed; returns ``(checked, changed)``."""
     from openai_django.pricing import estimate_cost
 
-    calls = queryset.select_related(None).defer(None).only(*COST_FIELDS).order_by("-created")
+    # Bodies kept apart (models.RequestBody) are read a chunk at a time, not one query a call.
+    calls = (queryset.select_related(None).defer(None).only(*COST_FIELDS)
+             .prefetch_related("request_body").order_by("-created"))
     if limit is not None:
         calls = calls[:limit]
     checked = changed = 0

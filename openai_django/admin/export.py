@@ -82,7 +82,8 @@ def streamed(queryset):
 
 def jsonl_lines(queryset):
     calls = (queryset.defer(None).defer(*NOT_EXPORTED)
-             .select_related("user", "api_key", "feedback").prefetch_related("artifacts"))
+             .select_related("user", "api_key", "feedback")
+             .prefetch_related("artifacts", "request_body"))
     for call in streamed(calls):
         record = call_to_dict(call)
         record["user"] = _user(call)

@@ -259,7 +259,9 @@ class ReplayMixin:
         """Submit one replay per call in one transaction (each is queued on commit)."""
         made, skipped = [], []
         with transaction.atomic():
-            for call in calls.select_related("user", "api_key").order_by("created"):
+            # Bodies kept apart (models.RequestBody) are read in one query, not one a call.
+            for call in (calls.select_related("user", "api_key").prefetch_related("request_body")
+                         .order_by("created")):
                 overrides = None
                 if model:
                     if not takes_model(call):
