@@ -287,8 +287,7 @@ def test_many_calls_read_their_bodies_apart_in_one_query(user, django_assert_num
     assert calls.prefetch_related("request_body")[0].request_body is None
 
 
-def test_the_jsonl_export_and_the_repricing_read_bodies_a_batch_at_a_time(
-        admin_client, user, django_assert_max_num_queries):
+def test_the_jsonl_export_and_the_repricing_read_bodies_a_batch_at_a_time(admin_client, user):
     from django.db import connection as default
     from django.test.utils import CaptureQueriesContext
 
