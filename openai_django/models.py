@@ -5,6 +5,7 @@ import os
 import secrets
 import time
 import uuid
+from operator import attrgetter
 
 import orjson
 from django.conf import settings
@@ -93,19 +94,11 @@ class RequestBodyAttribute(DeferredAttribute):
                     if apart else queryset.none())  # none(): no query
         # The rows land in the call's fields cache under the field's name; the next read of
         # ``call.request_body`` parses the text there (a deferred body's None is never read).
-        return (queryset, _call_id, _pk, True, PREFETCHED_BODY, False)
+        return (queryset, attrgetter("call_id"), attrgetter("pk"), True, PREFETCHED_BODY, False)
 
 
 _DEFERRED = object()
 PREFETCHED_BODY = "request_body"
-
-
-def _call_id(row):
-    return row.call_id
-
-
-def _pk(call):
-    return call.pk
 
 
 def _kept_apart(call):

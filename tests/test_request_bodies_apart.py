@@ -7,6 +7,7 @@ import threading
 import orjson
 import pytest
 from django.db import DatabaseError, IntegrityError, connection
+from django.test.utils import CaptureQueriesContext
 
 from openai_django import managers, recorder, retention, writer
 from openai_django.models import APIKey, Call, RequestBody
@@ -288,14 +289,11 @@ def test_many_calls_read_their_bodies_apart_in_one_query(user, django_assert_num
 
 
 def test_the_jsonl_export_and_the_repricing_read_bodies_a_batch_at_a_time(admin_client, user):
-    from django.db import connection as default
-    from django.test.utils import CaptureQueriesContext
-
     from openai_django import repricing
     from openai_django.admin import costs
 
     def queries(action):
-        with CaptureQueriesContext(default) as captured:
+        with CaptureQueriesContext(connection) as captured:
             action()
         return len(captured)
 
@@ -323,11 +321,8 @@ def test_the_jsonl_export_and_the_repricing_read_bodies_a_batch_at_a_time(admin_
 def test_a_bulk_replay_reads_the_bodies_apart_in_one_query(replayer_client, user):
     """The replays are queued (no eager Celery here): what is measured is the admin's loop
     over the selected calls, each replay written with its original's whole body."""
-    from django.db import connection as default
-    from django.test.utils import CaptureQueriesContext
-
     ids = _recorded(user, [large(marker=f"bulk{i}") for i in range(4)])
-    with CaptureQueriesContext(default) as captured:
+    with CaptureQueriesContext(connection) as captured:
         done = replayer_client.post(LIST, {"action": "replay_selected", "post": "yes",
                                            "model": "", "_selected_action": ids}, follow=True)
     assert "4 replays queued" in done.content.decode()
