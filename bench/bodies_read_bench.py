@@ -2,7 +2,7 @@
 (``Call.objects.prefetch_related("request_body")``), on SQLite and on PostgreSQL.
 
     python -m bench.bodies_read_bench [--calls 2000] [--kb 20] [--runs 3]
-        [--databases sqlite,postgres]
+        [--databases sqlite,postgres] [--json out.json]
 
 Each database is the bench's own (a fresh SQLite file; PostgreSQL: the project's service if it
 runs, else a throwaway cluster), seeded with ``--calls`` finished chat calls whose system
@@ -30,6 +30,7 @@ def parse_args(argv=None):
     parser.add_argument("--kb", type=int, default=20, help="each call's system prompt, in KB")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--databases", default="sqlite,postgres")
+    parser.add_argument("--json", help="write the figures here as JSON, by database")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -41,6 +42,7 @@ def main(argv=None):
     sys.path.insert(0, ROOT)
     from bench.harness import Harness
 
+    results = {}
     with Harness() as harness:
         for kind in args.databases.split(","):
             db = harness.sqlite("bodies-read") if kind == "sqlite" else harness.postgres()
@@ -54,7 +56,7 @@ def main(argv=None):
                                  capture_output=True, text=True, timeout=1800)
             if out.returncode != 0:
                 raise SystemExit(f"{kind} failed:\n{out.stderr[-3000:]}")
-            figures = json.loads(out.stdout.strip().splitlines()[-1])
+            figures = results[kind] = json.loads(out.stdout.strip().splitlines()[-1])
             print(f"{kind}: {args.calls} calls, a {args.kb} KB prompt each, "
                   f"load {os.getloadavg()[0]:.1f}")
             for run in figures["runs"]:
@@ -62,6 +64,9 @@ def main(argv=None):
                       f"({run['one_by_one_queries']} queries), prefetched "
                       f"{run['prefetched_us']:6.0f} us ({run['prefetched_queries']} queries), "
                       f"JSONL export {run['export_ms']:5.0f} ms, {run['export_mb']:.0f} MB")
+    if args.json:
+        with open(args.json, "w") as out:
+            json.dump(results, out, indent=2)
     return 0
 
 

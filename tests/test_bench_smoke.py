@@ -199,3 +199,21 @@ def test_instructions_perf_mode_splits_the_record_by_library(tmp_path):
     if "sqlite3" in rows:
         assert rows["sqlite3"][0] > rows["sqlite3"][1], result.stdout
     assert (tmp_path / "perf.on.data").exists() and (tmp_path / "perf.off.data").exists()
+
+
+@pytest.mark.once  # the bench makes a database of its own
+def test_bodies_read_bench_reads_a_batch_of_bodies_in_one_query(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "DATABASE_"))}
+    out = tmp_path / "bodies.json"
+    result = subprocess.run([sys.executable, "-m", "bench.bodies_read_bench", "--calls", "30",
+                             "--kb", "12", "--runs", "2", "--databases", "sqlite",
+                             "--json", str(out)], cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = json.loads(out.read_text())["sqlite"]["runs"]
+    assert len(runs) == 2
+    for run in runs:
+        # The calls' query, then a query a body read one by one; prefetched, one for them all.
+        assert run["one_by_one_queries"] == 1 + 30 and run["prefetched_queries"] == 2
+        assert run["one_by_one_us"] > 0 and run["prefetched_us"] > 0
+        assert run["export_mb"] > 30 * 12 * 1024 / 1e6  # every prompt exported whole
