@@ -618,22 +618,33 @@ def main(argv=None):
 
         def serving():
             out = {}
-            harness.stop_gateway(gateway)
-            for server, workers, threads_ in (("granian-wsgi", 2, threads),
-                                              ("gunicorn-gthread", 2, threads),
-                                              ("granian-asgi", 2, 1)):
-                name = f"{server} {workers}x{threads_}"
-                g = harness.start_gateway(sqlite, server=server, workers=workers,
-                                          threads=threads_, name=server)
-                try:
-                    scenarios.check_contract(ctx, g)
-                    lat = scenarios.latency(ctx, g, name=server)
-                    tp = scenarios.throughput(scenarios.Context(harness, g, params))
-                    out[name] = {"rps": tp["recorded_rps"], "added_p50_ms": lat["added_p50_ms"],
-                                 "added_p99_ms": lat["added_p99_ms"],
-                                 "errors": tp["recorded_errors"] + lat["errors"]}
-                finally:
-                    harness.stop_gateway(g)
+            # Each server alone on the box: the suite's gateway is stopped for the comparison
+            # and started again after it, since the scenarios that follow (sizes, peers)
+            # measure it. (Not started again, they found nothing listening: both full runs
+            # of 2026-12-03 and 2026-12-04 lost them.)
+            harness.stop_gateway(ctx.gateway)
+            try:
+                for server, workers, threads_ in (("granian-wsgi", 2, threads),
+                                                  ("gunicorn-gthread", 2, threads),
+                                                  ("granian-asgi", 2, 1)):
+                    name = f"{server} {workers}x{threads_}"
+                    g = harness.start_gateway(sqlite, server=server, workers=workers,
+                                              threads=threads_, name=server)
+                    try:
+                        scenarios.check_contract(ctx, g)
+                        lat = scenarios.latency(ctx, g, name=server)
+                        tp = scenarios.throughput(scenarios.Context(harness, g, params))
+                        out[name] = {"rps": tp["recorded_rps"],
+                                     "added_p50_ms": lat["added_p50_ms"],
+                                     "added_p99_ms": lat["added_p99_ms"],
+                                     "errors": tp["recorded_errors"] + lat["errors"]}
+                    finally:
+                        harness.stop_gateway(g)
+            finally:
+                ctx.gateway = harness.start_gateway(sqlite, server=args.server,
+                                                    workers=args.workers, threads=threads,
+                                                    name="gateway-after-serving")
+                scenarios.check_contract(ctx)
             return out
 
         run("serving", serving)

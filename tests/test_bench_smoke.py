@@ -50,6 +50,29 @@ def test_quick_bench_runs_and_writes_its_table(tmp_path):
 
 
 @pytest.mark.skipif(not os.path.exists("/usr/bin/wrk"), reason="wrk is not installed")
+@pytest.mark.once  # the bench makes databases and servers of its own
+def test_the_scenarios_after_serving_find_the_suites_gateway_again(tmp_path):
+    """``serving`` stops the suite's gateway to measure each server alone; ``sizes`` (and
+    ``peers``) come after it and measure that gateway. Two full runs lost both to a
+    connection refused before it was started again."""
+    out = tmp_path / "latest.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "DATABASE_"))}
+    result = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--only", "serving,sizes",
+         "--sizes-parts", "bodies", "--json", str(out)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    scenarios = json.loads(out.read_text())["scenarios"]
+    assert "error" not in scenarios["serving"], scenarios["serving"]
+    assert {row["errors"] for name, row in scenarios["serving"].items()
+            if name != "scenario_seconds"} == {0}
+    sizes = scenarios["sizes"]
+    assert "error" not in sizes, sizes["error"]
+    assert sizes["bodies"]["prompt_1kb"]["errors"] == 0
+    assert sizes["bodies"]["prompt_1kb"]["record_status"] == "succeeded"
+
+
+@pytest.mark.skipif(not os.path.exists("/usr/bin/wrk"), reason="wrk is not installed")
 @pytest.mark.once
 def test_asgi_beside_wsgi_and_a_short_soak(tmp_path):
     """Scenarios 9 (ASGI beside WSGI, one run), a short soak of one ASGI worker (every
