@@ -240,3 +240,22 @@ def test_bodies_read_bench_reads_a_batch_of_bodies_in_one_query(tmp_path):
         assert run["one_by_one_queries"] == 1 + 30 and run["prefetched_queries"] == 2
         assert run["one_by_one_us"] > 0 and run["prefetched_us"] > 0
         assert run["export_mb"] > 30 * 12 * 1024 / 1e6  # every prompt exported whole
+
+
+@pytest.mark.skipif(not os.path.exists("/usr/bin/wrk"), reason="wrk is not installed")
+@pytest.mark.once  # the bench makes a database, a stand-in and a gateway of its own
+def test_checkpoint_stalls_sets_the_slowest_calls_beside_the_log_restarts(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "DATABASE_"))}
+    out = tmp_path / "stalls.json"
+    result = subprocess.run([sys.executable, "-m", "bench.checkpoint_stalls", "--calls", "0",
+                             "--seconds", "8", "--slowest", "5", "--json", str(out)],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stderr[-3000:]
+    figures = json.loads(out.read_text())
+    # Every call wrk made was recorded (one may finish after wrk's count), and at ~15 WAL
+    # frames a call, 8 s of calls fill the log past FULL_PAGES (16,000) even at 200 req/s:
+    # it starts over at least once.
+    assert figures["requests"] > 100 and figures["recorded"] >= figures["requests"]
+    assert figures["restarts"] >= 1
+    assert len(figures["slowest"]) == 5
+    assert all(row["nearest_restart_ms"] >= 0 for row in figures["slowest"])
