@@ -19,7 +19,6 @@ import sqlite3
 import sys
 import threading
 import time
-from datetime import datetime
 
 
 def parse_args(argv=None):
@@ -40,6 +39,7 @@ def _restarts(samples):
 def main(argv=None):
     args = parse_args(argv)
     from bench import scenarios, sizes_bench
+    from bench.c1_stalls import _at
     from bench.harness import Harness
     from bench.loadgen import run_wrk
     from openai_django import sqlite_wal
@@ -77,7 +77,7 @@ def main(argv=None):
                                 "WHERE rowid > ? ORDER BY created", (seen,)).fetchall()
         finally:
             conn.close()
-    at = [datetime.fromisoformat(created).timestamp() for created, _ in rows]
+    at = [_at(created) for created, _ in rows]
     restarts = _restarts(samples)
     cycles = sorted((((b - a) * 1000, a, latency) for a, b, (_, latency)
                      in zip(at, at[1:], rows)), reverse=True)[:args.slowest]
